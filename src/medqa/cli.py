@@ -1,0 +1,125 @@
+"""`medqa` command line: a thin layer over `medqa.recipes`.
+
+Every config field is a flag (`--train.lr 1e-4`, `--data.subset heldout`, `--lora.target_modules all-linear`);
+the common ones also have short names (`--model`, `--adapter`, `--dataset`, `--data`, `--limit`, `--out`).
+Errors print one line and exit non-zero; set MEDQA_DEBUG=1 for the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from medqa.config import config_fields, parse_value
+
+SHORTCUTS = {
+    "model": ("model.name", "base model: Hub id, local folder, .gguf file (default: offline SmolLM2-135M-Instruct)"),
+    "adapter": ("model.adapter", "LoRA adapter folder"),
+    "dataset": ("data.dataset", "dataset loader: medmcqa | demo"),
+    "data": ("data.path", "local data file or Hub dataset id"),
+    "limit": ("data.limit", "use only the first N questions"),
+    "out": ("out", "run directory"),
+    "protocol": ("eval.protocol", "prompt protocol: chat | lm-eval"),
+    "device": ("model.device", "auto | cpu | cuda | cuda:N | mps | xpu"),
+}
+TRAIN_SHORTCUTS = {
+    "eval-data": ("eval_data.path", "held-out data evaluated after training"),
+}
+
+
+def _add_config_flags(p: argparse.ArgumentParser, shortcuts: dict[str, tuple[str, str]]) -> None:
+    p.add_argument("--config", help="YAML config file (flags override it)")
+    for flag, (dest, help_) in shortcuts.items():
+        p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE", help=help_)
+    group = p.add_argument_group("config fields (any field of the YAML config)")
+    for dotted, info in config_fields():
+        if dotted in shortcuts:
+            continue
+        group.add_argument(f"--{dotted}", dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="VALUE",
+                           help=info.description or argparse.SUPPRESS)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="medqa", description="Medical multiple-choice QA: fine-tune, evaluate, serve. A study aid, not medical advice.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_eval = sub.add_parser("eval", help="evaluate a model (+ adapter) by letter scoring")
+    _add_config_flags(p_eval, SHORTCUTS)
+    p_train = sub.add_parser("train", help="LoRA fine-tune")
+    _add_config_flags(p_train, {**SHORTCUTS, **TRAIN_SHORTCUTS})
+    p_quick = sub.add_parser("quickstart", help="offline demo: evaluate, fine-tune, evaluate again")
+    p_quick.add_argument("--out", dest="cfg:out", default=argparse.SUPPRESS, help="run directory")
+    for flag in ("train.epochs", "train.max_steps", "data.train_size", "eval_data.limit", "model.name"):
+        p_quick.add_argument(f"--{flag}", dest=f"cfg:{flag}", default=argparse.SUPPRESS, metavar="VALUE", help=argparse.SUPPRESS)
+    return parser
+
+
+def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in vars(ns).items():
+        if k.startswith("cfg:"):
+            dotted = k[4:]
+            out[dotted] = v if dotted in ("out", "data.path", "model.name", "model.adapter", "eval_data.path") else parse_value(v)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return _run(ns)
+    except KeyboardInterrupt:
+        print("medqa: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # one line, never a traceback from deep inside a library
+        if os.environ.get("MEDQA_DEBUG"):
+            raise
+        from medqa.errors import MedQAError
+
+        kind = "error" if isinstance(e, MedQAError) else f"error ({type(e).__name__})"
+        msg = " ".join(str(e).split()) or type(e).__name__
+        print(f"medqa: {kind}: {msg}", file=sys.stderr)
+        return 2 if isinstance(e, MedQAError) else 1
+
+
+def _run(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from medqa import recipes
+    from medqa.config import build_config
+    from medqa.evaluate import DISCLAIMER
+
+    console = Console()
+    ov = _overrides(ns)
+    if ns.command == "quickstart":
+        result = recipes.quickstart(overrides=ov)
+        console.print(result["table"])
+        console.print(f"wall time {result['wall_seconds']:.0f} s; report: {result['train']['adapter'].rsplit('/', 1)[0]}/quickstart.md")
+        console.print(f"[yellow]{DISCLAIMER}[/yellow]")
+        return 0
+    base = {"out": "runs/eval"} if ns.command == "eval" else {}
+    if ns.command == "train" and "eval_data.path" in ov:
+        ov.setdefault("eval_data.dataset", ov.get("data.dataset", "medmcqa"))
+    cfg = build_config(getattr(ns, "config", None), ov, base=base)
+    if ns.command == "eval":
+        s = recipes.run_eval(cfg)
+        lo, hi = s["ci95"]
+        console.print(
+            f"accuracy {s['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}) on {s['n']} questions; "
+            f"majority baseline {s['majority_baseline']:.1%}; ECE {s['ece']:.3f}; "
+            f"{s['questions_per_second']} q/s; written to {cfg.out}"
+        )
+        console.print(f"[yellow]{DISCLAIMER}[/yellow]")
+        return 0
+    if ns.command == "train":
+        r = recipes.run_train(cfg)
+        console.print(json.dumps({k: r["train"][k] for k in ("steps", "train_loss", "seconds", "adapter")}))
+        if "after" in r:
+            console.print(f"held-out accuracy {r['after']['accuracy']:.1%} on {r['after']['n']} questions")
+        return 0
+    raise AssertionError(ns.command)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

