@@ -111,7 +111,7 @@ def train(
         bf16=dtype == "bfloat16",
         fp16=dtype == "float16",  # PEFT keeps the adapter weights in fp32; AMP scales the loss
         use_cpu=hw.backend == "cpu",
-        gradient_checkpointing=tc.gradient_checkpointing,
+        activation_checkpointing=tc.gradient_checkpointing,
         report_to="none",
         remove_unused_columns=False,
         dataloader_num_workers=0,

@@ -1,0 +1,114 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from medqa.data import MCQRecord, load_demo
+from medqa.evaluate import (
+    evaluate,
+    expected_calibration_error,
+    prediction_rows,
+    score_records,
+    summarize,
+    wilson_interval,
+)
+from medqa.format import PromptFormat
+
+
+def _load(path):
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def _mixed_records():
+    demo = load_demo()[:9]
+    # vary the option count (2-5) and the prompt length so batches need padding
+    out = []
+    for i, r in enumerate(demo):
+        n = 2 + i % 4
+        opts = (r.options + ["None of these findings"])[:n]
+        out.append(r.model_copy(update={"options": opts, "answer": min(r.answer, n - 1)}))
+    return out
+
+
+def _loglik_per_option(model, fmt, rec):
+    """Reference: one separate forward pass per option, log P(letter | prompt) from the full sequence."""
+    prompt = fmt.encode_prompt(rec)
+    scores = []
+    for letter_id in fmt.letter_ids(len(rec.options)):
+        ids = torch.tensor([prompt + [letter_id]])
+        with torch.no_grad():
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, -2].float(), -1)
+        scores.append(float(logp[letter_id]))
+    return np.array(scores)
+
+
+@pytest.mark.parametrize("protocol", ["chat", "lm-eval"])
+def test_letter_scoring_equals_separate_loglik_passes(any_model_dir, protocol):
+    model, tok = _load(any_model_dir)
+    fmt = PromptFormat(tok, protocol)
+    records = _mixed_records()
+    probs = score_records(model, fmt, records, batch_size=4, progress=False)
+    for r, p in zip(records, probs):
+        ref = _loglik_per_option(model, fmt, r)
+        assert len(p) == len(r.options)
+        assert int(np.argmax(p)) == int(np.argmax(ref))
+        # same distribution after renormalising over the letters
+        ref_p = np.exp(ref - ref.max())
+        np.testing.assert_allclose(p, ref_p / ref_p.sum(), atol=2e-4)
+
+
+def test_batching_and_padding_do_not_change_scores(qwen_dir):
+    model, tok = _load(qwen_dir)
+    fmt = PromptFormat(tok, "chat")
+    records = _mixed_records()
+    one = score_records(model, fmt, records, batch_size=1, progress=False)
+    many = score_records(model, fmt, records, batch_size=16, progress=False)
+    for a, b in zip(one, many):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+        assert abs(a.sum() - 1) < 1e-5
+
+
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(50, 100)
+    assert lo == pytest.approx(0.4038, abs=1e-4) and hi == pytest.approx(0.5962, abs=1e-4)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    assert wilson_interval(0, 0) == (0.0, 0.0)
+
+
+def test_ece_perfect_and_overconfident():
+    assert expected_calibration_error(np.array([1.0, 1.0]), np.array([1.0, 1.0])) == 0.0
+    assert expected_calibration_error(np.array([0.9] * 10), np.array([0.0] * 10)) == pytest.approx(0.9)
+
+
+def test_summary_baselines_and_subjects():
+    recs = [MCQRecord(id=str(i), question="q", options=["a", "b", "c", "d"], answer=a, subject=s)
+            for i, (a, s) in enumerate([(0, "X"), (0, "X"), (0, "Y"), (1, "Y")])]
+    probs = [np.array([0.7, 0.1, 0.1, 0.1])] * 3 + [np.array([0.1, 0.2, 0.3, 0.4])]
+    s = summarize(recs, probs)
+    assert s["n"] == 4 and s["correct"] == 3 and s["accuracy"] == 0.75
+    assert s["majority_baseline"] == 0.75 and s["majority_letter"] == "A" and s["uniform_baseline"] == 0.25
+    assert s["pred_letter_distribution"] == {"A": 3, "B": 0, "C": 0, "D": 1}
+    assert s["per_subject"]["X"]["accuracy"] == 1.0 and s["per_subject"]["Y"]["accuracy"] == 0.5
+    rows = prediction_rows(recs, probs)
+    assert rows[3] == {"id": "3", "probs": [0.1, 0.2, 0.3, 0.4], "pred": "D", "gold": "B", "correct": False,
+                       "confidence": 0.4, "subject": "Y"}
+
+
+def test_evaluate_writes_reports(qwen_dir, tmp_path):
+    model, tok = _load(qwen_dir)
+    records = load_demo()[:10]
+    s = evaluate(model, PromptFormat(tok), records, tmp_path, batch_size=4, meta={"model": "tiny"}, progress=False)
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for key in ("accuracy", "n", "ci95", "majority_baseline", "protocol", "model"):
+        assert key in summary
+    assert summary == json.loads(json.dumps(s))
+    lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
+    assert len(lines) == 10
+    row = json.loads(lines[0])
+    assert set(row) >= {"id", "probs", "pred", "gold", "correct"} and len(row["probs"]) == 4
+    report = (tmp_path / "report.md").read_text()
+    assert "study aid" in report and "Wilson" in report
+    assert not list(tmp_path.glob(".*.tmp"))
