@@ -70,3 +70,67 @@ def test_skip_bad_rows_from_the_command_line(qwen_dir, tmp_path):
     assert rc == 0
     s = json.loads((tmp_path / "o" / "summary.json").read_text())
     assert s["n"] == 2 and s["load_report"]["skipped"] == 1
+
+
+def test_train_removes_eval_questions_from_training(qwen_dir, small_jsonl, tmp_path):
+    run = tmp_path / "run"
+    rc = main(["train", "--model", str(qwen_dir), "--data", str(small_jsonl), "--out", str(run),
+               "--train.max_steps", "1", "--eval-data", str(small_jsonl), "--eval_data.limit", "3"])
+    assert rc == 0
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["leakage"]["removed"] == 3 and summary["train"]["data"]["examples"] == 9
+
+
+def _format_files(tmp_path):
+    """One small file per supported format, each in its original release layout."""
+    usmle = write_jsonl(tmp_path / "US_qbank.jsonl", [
+        {"question": f"USMLE stem {i}?", "options": {"A": f"a{i}", "B": f"b{i}", "C": f"c{i}", "D": f"d{i}", "E": f"e{i}"},
+         "answer": f"c{i}", "answer_idx": "C", "meta_info": "step1"} for i in range(3)])
+    mmlu = tmp_path / "anatomy_test.csv"
+    mmlu.write_text("".join(f'"Anatomy question {i}?",w{i},x{i},y{i},z{i},B\n' for i in range(3)))
+    pqa = tmp_path / "ori_pqal.json"
+    pqa.write_text(json.dumps({str(100 + i): {
+        "QUESTION": f"Does treatment {i} help?", "CONTEXTS": [f"Background {i}.", f"Results {i}."],
+        "LABELS": ["BACKGROUND", "RESULTS"], "final_decision": ["yes", "no", "maybe"][i],
+        "LONG_ANSWER": f"Answer {i}."} for i in range(3)}))
+    generic = tmp_path / "bank.csv"
+    generic.write_text("q,o1,o2,o3,ans\nWhich one?,x,y,z,2\nAnd this?,p,q,r,1\n")
+    return {
+        "medqa-usmle": [str(usmle)],
+        "mmlu": [str(mmlu), "--data.subjects", "anatomy"],
+        "pubmedqa": [str(pqa)],
+        "csv": [str(generic), "--data.loader_options",
+                "{question: q, options: [o1, o2, o3], answer: ans, answer_format: index1}"],
+    }
+
+
+def test_every_format_loads_by_name_in_eval(qwen_dir, tmp_path):
+    for name, (path, *extra) in _format_files(tmp_path).items():
+        out = tmp_path / f"ev-{name}"
+        rc = main(["eval", "--model", str(qwen_dir), "--dataset", name, "--data", path, "--out", str(out), *extra])
+        assert rc == 0, name
+        s = json.loads((out / "summary.json").read_text())
+        assert s["n"] in (2, 3), name
+
+
+def test_mixture_training_and_several_eval_sets(qwen_dir, small_jsonl, tmp_path):
+    files = _format_files(tmp_path)
+    run = tmp_path / "run"
+    mixture = (f"[{{dataset: medmcqa, path: '{small_jsonl}', weight: 3}}, "
+               f"{{dataset: medqa-usmle, path: '{files['medqa-usmle'][0]}', weight: 1}}]")
+    eval_sets = (f"{{medmcqa: {{dataset: medmcqa, path: '{small_jsonl}', limit: 4}}, "
+                 f"pubmedqa: {{dataset: pubmedqa, path: '{files['pubmedqa'][0]}'}}}}")
+    rc = main(["train", "--model", str(qwen_dir), "--out", str(run), "--train.max_steps", "1",
+               "--mixture", mixture, "--mixture_total", "8", "--eval_sets", eval_sets])
+    assert rc == 0
+    summary = json.loads((run / "run_summary.json").read_text())
+    drawn = {k: v["drawn"] for k, v in summary["mixture"]["datasets"].items()}
+    assert drawn == {"0:medmcqa": 6, "1:medqa-usmle": 2}
+    assert summary["leakage"]["by_eval"]["medmcqa"] >= 1  # the 4 evaluation questions never train
+    after = json.loads((run / "eval_after" / "summary.json").read_text())
+    assert after["n"] == 7 and set(after["per_dataset"]) == {"medmcqa", "pubmedqa"}
+    assert after["accuracy"] == pytest.approx(
+        sum(v["accuracy"] * v["n"] for v in after["per_dataset"].values()) / 7)
+    rows = [json.loads(x) for x in (run / "eval_after" / "predictions.jsonl").read_text().splitlines()]
+    assert len(rows) == 7 and {r["dataset"] for r in rows} == {"medmcqa", "pubmedqa"}
+    assert len(rows[-1]["probs"]) == 3  # yes / no / maybe

@@ -18,7 +18,7 @@ from medqa.config import config_fields, parse_value
 SHORTCUTS = {
     "model": ("model.name", "base model: Hub id, local folder, .gguf file (default: offline SmolLM2-135M-Instruct)"),
     "adapter": ("model.adapter", "LoRA adapter folder"),
-    "dataset": ("data.dataset", "dataset loader: medmcqa | demo"),
+    "dataset": ("data.dataset", "dataset loader: medmcqa | medqa-usmle | pubmedqa | mmlu | csv | jsonl | demo"),
     "data": ("data.path", "local data file or Hub dataset id"),
     "limit": ("data.limit", "use only the first N questions"),
     "out": ("out", "run directory"),
@@ -43,16 +43,19 @@ def _add_config_flags(p: argparse.ArgumentParser, shortcuts: dict[str, tuple[str
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="medqa", description="Medical multiple-choice QA: fine-tune, evaluate, serve. A study aid, not medical advice.")
+    parser = argparse.ArgumentParser(prog="medqa", allow_abbrev=False, description="Medical multiple-choice QA: fine-tune, evaluate, serve. A study aid, not medical advice.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p_eval = sub.add_parser("eval", help="evaluate a model (+ adapter) by letter scoring")
+    p_eval = sub.add_parser("eval", allow_abbrev=False, help="evaluate a model (+ adapter) by letter scoring")
     _add_config_flags(p_eval, SHORTCUTS)
-    p_train = sub.add_parser("train", help="LoRA fine-tune")
+    p_train = sub.add_parser("train", allow_abbrev=False, help="LoRA fine-tune")
     _add_config_flags(p_train, {**SHORTCUTS, **TRAIN_SHORTCUTS})
-    p_quick = sub.add_parser("quickstart", help="offline demo: evaluate, fine-tune, evaluate again")
+    p_quick = sub.add_parser("quickstart", allow_abbrev=False, help="offline demo: evaluate, fine-tune, evaluate again")
     p_quick.add_argument("--out", dest="cfg:out", default=argparse.SUPPRESS, help="run directory")
     for flag in ("train.epochs", "train.max_steps", "data.train_size", "eval_data.limit", "model.name"):
         p_quick.add_argument(f"--{flag}", dest=f"cfg:{flag}", default=argparse.SUPPRESS, metavar="VALUE", help=argparse.SUPPRESS)
+    from medqa.inspect import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 
@@ -90,6 +93,10 @@ def _run(ns: argparse.Namespace) -> int:
     from medqa.config import build_config
     from medqa.evaluate import DISCLAIMER
 
+    if ns.command == "data":
+        from medqa.inspect import inspect_main
+
+        return inspect_main(ns)
     console = Console()
     ov = _overrides(ns)
     if ns.command == "quickstart":

@@ -8,7 +8,8 @@ resolved into the run directory so that every run can be reproduced from its own
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+import types
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -43,7 +44,9 @@ class LoraSettings(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Literal["medmcqa", "demo"] = Field("medmcqa", description="dataset family (loader)")
+    dataset: Literal["medmcqa", "demo", "medqa-usmle", "pubmedqa", "mmlu", "csv", "jsonl"] = Field(
+        "medmcqa", description="dataset family (loader)"
+    )
     path: str | None = Field(None, description="local JSON/JSONL/Parquet/CSV file or Hub dataset id")
     split: str | None = Field(None, description="Hub split (default: train for training, validation for eval)")
     subset: Literal["all", "train", "heldout"] = Field(
@@ -53,6 +56,16 @@ class DataConfig(_Section):
     seed: int = Field(42, description="seed of the hash split")
     limit: int | None = Field(None, ge=1, description="keep only the first N rows after splitting")
     on_bad_rows: Literal["error", "skip"] = "error"
+    subjects: str | None = Field(None, description="mmlu: one subject or 'medical' (all six)")
+    loader_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="pubmedqa: test_ids, include_context; csv/jsonl: question, options, answer, answer_format, "
+        "explanation, subject, id, topic",
+    )
+    multi_policy: Literal["keep", "drop"] = Field(
+        "keep", description="MedMCQA choice_type multi: keep (single answer = cop) or drop"
+    )
+    clean: bool = Field(False, description="NFKC/whitespace normalisation and exact-duplicate dropping")
     cop_base: Literal["auto", "0", "1"] = Field(
         "auto", description="MedMCQA `cop` indexing: 0 (Hub), 1 (original release) or auto-detect"
     )
@@ -88,11 +101,26 @@ class EvalConfig(_Section):
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag answers below this probability")
 
 
+class MixtureEntry(DataConfig):
+    """One dataset of a training mixture, with its sampling weight."""
+
+    weight: float = Field(1.0, ge=0)
+
+
 class RunConfig(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     lora: LoraSettings = Field(default_factory=LoraSettings)
     data: DataConfig = Field(default_factory=DataConfig)
+    mixture: list[MixtureEntry] = Field(
+        default_factory=list, description="train on several datasets by weight (replaces data); YAML list"
+    )
+    mixture_total: int | None = Field(None, ge=1, description="training rows drawn from the mixture (default: all)")
+    mixture_seed: int = 42
     eval_data: DataConfig | None = Field(None, description="held-out data evaluated after training")
+    eval_sets: dict[str, DataConfig] = Field(
+        default_factory=dict,
+        description="named evaluation sets (per-dataset accuracy plus size-weighted and macro means); YAML mapping",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     out: str = "runs/latest"
@@ -190,9 +218,11 @@ def config_fields(model: type[BaseModel] = RunConfig, prefix: str = "") -> list[
 def _section_type(ann: Any) -> type[BaseModel] | None:
     if isinstance(ann, type) and issubclass(ann, BaseModel):
         return ann
-    for arg in getattr(ann, "__args__", ()) or ():
-        if isinstance(arg, type) and issubclass(arg, BaseModel):
-            return arg
+    if get_origin(ann) not in (Union, types.UnionType):
+        return None
+    args = [a for a in get_args(ann) if a is not type(None)]
+    if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
+        return args[0]  # Optional[Section]; list[...] and dict[...] stay one flag (a YAML value)
     return None
 
 

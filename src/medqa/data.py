@@ -314,11 +314,21 @@ def load_dataset_config(cfg: Any, default_split: str) -> tuple[list[MCQRecord], 
     if cfg.dataset == "demo":
         path = str(demo_path())
         records, report = load_medmcqa(path, cop_base=0, source_name="medqa-demo")
-    else:
+    elif cfg.dataset == "medmcqa":
         if not cfg.path:
             raise DataError("data", None, "path", f"dataset '{cfg.dataset}' needs --data PATH|HUB_ID")
         records, report = load_medmcqa(cfg.path, split=cfg.split or default_split,
                                        on_bad_rows=cfg.on_bad_rows, cop_base=cfg.cop_base)
+    else:  # split: each family has its own default ("validation" is not a PubMedQA split; MMLU: test)
+        from medqa.loaders import load_named
+
+        records, report = load_named(cfg.dataset, cfg.path, split=cfg.split, subset=cfg.subjects,
+                                     on_bad_rows=cfg.on_bad_rows, **cfg.loader_options)
+    from medqa.hygiene import apply_multi_policy, clean_records
+
+    if cfg.clean:
+        records, _ = clean_records(records)
+    records, _ = apply_multi_policy(records, cfg.multi_policy)
     if cfg.subset != "all":
         if cfg.train_size is None:
             raise DataError("data", None, "train_size", f"subset '{cfg.subset}' needs data.train_size")

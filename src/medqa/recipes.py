@@ -8,6 +8,7 @@ Each recipe takes a `RunConfig` and writes its run directory; the CLI is a thin 
 
 from __future__ import annotations
 
+import json
 import time
 from importlib import resources
 from pathlib import Path
@@ -16,10 +17,11 @@ from typing import Any
 from medqa.config import DataConfig, RunConfig, build_config
 from medqa.data import load_dataset_config
 from medqa.errors import DataError
-from medqa.evaluate import DISCLAIMER, evaluate
+from medqa.evaluate import DISCLAIMER, evaluate, wilson_interval
 from medqa.format import PromptFormat
 from medqa.hardware import detect
-from medqa.io import atomic_write_json, atomic_write_text
+from medqa.hygiene import aggregate_accuracy, mix, remove_leakage
+from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medqa.modeling import apply_lora, describe, load_adapter, load_model
 
 
@@ -47,38 +49,103 @@ def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, data: DataConfig, out:
                     low_confidence=cfg.eval.low_confidence, progress=progress)
 
 
+def evaluation_sets(cfg: RunConfig, include_data: bool) -> dict[str, DataConfig]:
+    """Named evaluation sets: `eval_sets`, plus `eval_data` (as "eval"), or `data` for a plain eval."""
+    sets = dict(cfg.eval_sets)
+    if cfg.eval_data is not None:
+        sets.setdefault("eval", cfg.eval_data)
+    if include_data and not sets:
+        sets["eval"] = cfg.data
+    return sets
+
+
+def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataConfig], out: Path,
+               progress: bool) -> dict[str, Any]:
+    """One set: its summary, written to `out`. Several: each in `out/NAME`, pooled summary in `out`."""
+    if len(sets) == 1:
+        return _eval_one(model, tokenizer, cfg, next(iter(sets.values())), out, progress)
+    results = {name: _eval_one(model, tokenizer, cfg, d, out / name, progress) for name, d in sets.items()}
+    agg = aggregate_accuracy(results)
+    k, n = sum(r["correct"] for r in results.values()), agg["n"]
+    summary = {
+        "protocol": next(iter(results.values()))["protocol"],
+        "model": cfg.model.name,
+        "adapter": cfg.model.adapter,
+        "n": n,
+        "correct": k,
+        "accuracy": agg["weighted_mean"],
+        "ci95": list(wilson_interval(k, n)),
+        "macro_accuracy": agg["macro_mean"],
+        "majority_baseline": sum(r["majority_baseline"] * r["n"] for r in results.values()) / n,
+        "per_dataset": {name: {key: r[key] for key in ("n", "accuracy", "ci95", "majority_baseline", "ece", "data")}
+                        for name, r in results.items()},
+        "disclaimer": DISCLAIMER,
+    }
+    rows = []
+    for name in sets:
+        for line in (out / name / "predictions.jsonl").read_text(encoding="utf-8").splitlines():
+            rows.append({"dataset": name, **json.loads(line)})
+    atomic_write_jsonl(out / "predictions.jsonl", rows)
+    atomic_write_json(out / "summary.json", summary)
+    table = ["| dataset | n | accuracy | 95 % CI | majority baseline |", "|---|---|---|---|---|"]
+    for name, r in summary["per_dataset"].items():
+        table.append(f"| {name} | {r['n']} | {r['accuracy']:.1%} | {r['ci95'][0]:.1%}–{r['ci95'][1]:.1%} | "
+                     f"{r['majority_baseline']:.1%} |")
+    table.append(f"| **size-weighted mean** | {n} | {summary['accuracy']:.1%} | "
+                 f"{summary['ci95'][0]:.1%}–{summary['ci95'][1]:.1%} | {summary['majority_baseline']:.1%} |")
+    table.append(f"| macro mean | | {summary['macro_accuracy']:.1%} | | |")
+    atomic_write_text(out / "report.md", f"# MedQA evaluation — {cfg.model.name}\n\n> {DISCLAIMER}\n\n"
+                      + "\n".join(table) + "\n")
+    return summary
+
+
 def run_eval(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
-    """Evaluate `cfg.model` (+ adapter) on `cfg.data`; writes summary.json, predictions.jsonl, report.md."""
+    """Evaluate `cfg.model` (+ adapter) on `cfg.data` (or every `cfg.eval_sets`); writes the reports to `cfg.out`."""
     hw = detect(cfg.model.device)
     model, tokenizer = load_model(cfg.model, hw)
-    out = Path(cfg.out)
-    return _eval_one(model, tokenizer, cfg, cfg.data, out, progress)
+    return _eval_sets(model, tokenizer, cfg, evaluation_sets(cfg, include_data=True), Path(cfg.out), progress)
+
+
+def training_records(cfg: RunConfig) -> tuple[list[Any], dict[str, Any]]:
+    """`cfg.data`, or a seeded weighted mixture of `cfg.mixture`."""
+    if not cfg.mixture:
+        records, report = load_dataset_config(cfg.data, default_split="train")
+        return records, {"data_load": report.as_dict()}
+    parts, loads = {}, {}
+    for i, entry in enumerate(cfg.mixture):
+        name = f"{i}:{entry.dataset}"
+        records, report = load_dataset_config(entry, default_split="train")
+        parts[name] = (records, entry.weight)
+        loads[name] = report.as_dict()
+    records, info = mix(parts, seed=cfg.mixture_seed, total=cfg.mixture_total)
+    return records, {"data_load": loads, "mixture": info}
 
 
 def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) -> dict[str, Any]:
-    """LoRA fine-tune; with `cfg.eval_data`, evaluate after (and optionally before) training."""
+    """LoRA fine-tune; with `eval_data` / `eval_sets`, evaluate after (and optionally before) training."""
     from medqa.train import train
 
     hw = detect(cfg.model.device)
-    records, report = load_dataset_config(cfg.data, default_split="train")
-    if cfg.eval_data is not None:
-        held, _ = load_dataset_config(cfg.eval_data, default_split="validation")
-        overlap = {r.id for r in records} & {r.id for r in held}
-        if overlap and cfg.eval_data.path == cfg.data.path and cfg.eval_data.dataset == cfg.data.dataset:
-            raise DataError("eval_data", None, "id", f"{len(overlap)} evaluation questions are also in the training data")
+    records, result = training_records(cfg)
+    sets = evaluation_sets(cfg, include_data=False)
+    if sets:
+        # no evaluation question (same normalised question and options) may be trained on
+        held = {name: load_dataset_config(d, default_split="validation")[0] for name, d in sets.items()}
+        records, result["leakage"] = remove_leakage(records, held)
+        if not records:
+            raise DataError("data", None, None, "every training question also occurs in the evaluation data")
     model, tokenizer = load_model(cfg.model, hw, with_adapter=False)
     out = Path(cfg.out)
-    result: dict[str, Any] = {"data_load": report.as_dict()}
-    if eval_before and cfg.eval_data is not None:
-        result["before"] = _eval_one(model, tokenizer, cfg, cfg.eval_data, out / "eval_before", progress)
+    if eval_before and sets:
+        result["before"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_before", progress)
     if cfg.model.adapter:  # continue training an existing adapter
         model = load_adapter(model, cfg.model.adapter, cfg.model.allow_pickle, trainable=True)
     else:
         model = apply_lora(model, cfg.lora)
     result["model"] = describe(model)
     result["train"] = train(cfg, model, tokenizer, records, hw, progress=progress)
-    if cfg.eval_data is not None:
-        result["after"] = _eval_one(model, tokenizer, cfg, cfg.eval_data, out / "eval_after", progress)
+    if sets:
+        result["after"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_after", progress)
     atomic_write_json(out / "run_summary.json", result)
     return result
 
