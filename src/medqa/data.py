@@ -171,18 +171,22 @@ def _iter_hub(dataset_id: str, split: str) -> Iterator[tuple[int, dict[str, Any]
 # ----------------------------------------------------------------------------- MedMCQA
 
 
-def _text(source: str, row: int, raw: dict[str, Any], key: str, required: bool) -> str | None:
-    v = raw.get(key)
+def text_cell(source: str, row: int | str | None, field: str, v: Any, required: bool = True) -> str | None:
+    """A text cell: str, or a number written as text; None / NaN / blank is missing."""
     if v is None or (isinstance(v, float) and v != v):  # None or NaN
         if required:
-            raise DataError(source, row, key, "missing value")
+            raise DataError(source, row, field, "missing value")
         return None
     if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise DataError(source, row, key, f"expected text, got {type(v).__name__}")
+        raise DataError(source, row, field, f"expected text, got {type(v).__name__}")
     s = str(v).strip()
     if required and not s:
-        raise DataError(source, row, key, "empty text")
+        raise DataError(source, row, field, "empty text")
     return s or None
+
+
+def _text(source: str, row: int, raw: dict[str, Any], key: str, required: bool) -> str | None:
+    return text_cell(source, row, key, raw.get(key), required)
 
 
 def _cop_value(source: str, row: int, raw: dict[str, Any]) -> int:

@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from itertools import combinations
@@ -27,6 +25,7 @@ import numpy as np
 
 from medqa.data import LETTERS, MCQRecord
 from medqa.hygiene import count_duplicates, cross_subject_duplicates, find_leakage
+from medqa.io import atomic_write_bytes
 
 MAX_LENGTHS = (256, 512, 1024, 2048)
 
@@ -163,23 +162,7 @@ def write_histogram(lengths: Mapping[str, Sequence[int]], path: str | Path, unit
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
-    return _atomic_write_bytes(path, buf.getvalue())
-
-
-def _atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return p
+    return atomic_write_bytes(path, buf.getvalue())
 
 
 # ----------------------------------------------------------------------------- command line

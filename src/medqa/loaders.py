@@ -48,7 +48,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from medqa.data import LETTERS, LoadReport, MCQRecord, iter_raw_rows, load_medmcqa
+from medqa.data import LETTERS, LoadReport, MCQRecord, iter_raw_rows, load_medmcqa, text_cell
 from medqa.errors import DataError
 from medqa.hygiene import text_key
 
@@ -95,18 +95,7 @@ def _read_text(path: str) -> str:
     return text
 
 
-def _text(source: str, row: Row, field: str, v: Any, required: bool = True) -> str | None:
-    """A text cell: str, or a number written as text; None / NaN / blank is missing."""
-    if v is None or (isinstance(v, float) and v != v):
-        if required:
-            raise DataError(source, row, field, "missing value")
-        return None
-    if isinstance(v, bool) or not isinstance(v, (str, int, float)):
-        raise DataError(source, row, field, f"expected text, got {type(v).__name__}")
-    s = str(v).strip()
-    if required and not s:
-        raise DataError(source, row, field, "empty text")
-    return s or None
+_text = text_cell
 
 
 def _int(source: str, row: Row, field: str, v: Any) -> int:
