@@ -134,3 +134,41 @@ def test_mixture_training_and_several_eval_sets(qwen_dir, small_jsonl, tmp_path)
     rows = [json.loads(x) for x in (run / "eval_after" / "predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 7 and {r["dataset"] for r in rows} == {"medmcqa", "pubmedqa"}
     assert len(rows[-1]["probs"]) == 3  # yes / no / maybe
+
+
+def test_two_process_eval_gives_the_single_process_report(qwen_dir, small_jsonl, tmp_path):
+    import os
+
+    common = ["eval", "--model", str(qwen_dir), "--data", str(small_jsonl), "--eval.batch_size", "3",
+              "--eval.permutations", "2"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "medqa.cli", *common, "--out", str(tmp_path / "one")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "medqa.cli", *common, "--out", str(tmp_path / "two")],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s2["processes"] == 2 and s1["processes"] == 1
+    for key in ("n", "correct", "accuracy", "ci95", "pred_letter_distribution", "robustness"):
+        assert s1[key] == pytest.approx(s2[key]) if key != "robustness" else s1[key]["consistency"] == s2[key]["consistency"]
+    p1 = [json.loads(x) for x in (tmp_path / "one" / "predictions.jsonl").read_text().splitlines()]
+    p2 = [json.loads(x) for x in (tmp_path / "two" / "predictions.jsonl").read_text().splitlines()]
+    assert [r["id"] for r in p1] == [r["id"] for r in p2]
+    for a, b in zip(p1, p2):
+        assert a["pred"] == b["pred"]
+        assert a["probs"] == pytest.approx(b["probs"], abs=1e-5)
+
+
+def test_few_shot_from_the_command_line(qwen_dir, small_jsonl, tmp_path):
+    out = tmp_path / "fs"
+    rc = main(["eval", "--model", str(qwen_dir), "--data", str(small_jsonl), "--data.limit", "4", "--out", str(out),
+               "--eval.few_shot", "3", "--eval.few_shot_data.path", str(small_jsonl)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["few_shot"]["k"] == 3
+    assert not set(s["few_shot"]["ids"]) & {"q0", "q1", "q2", "q3"}  # never an evaluated question
+    rc = main(["eval", "--model", str(qwen_dir), "--data", str(small_jsonl), "--out", str(out), "--eval.few_shot", "2"])
+    assert rc == 2

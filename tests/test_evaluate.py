@@ -7,6 +7,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from medqa.data import MCQRecord, load_demo
 from medqa.evaluate import (
+    parse_letter,
+    permutation_analysis,
+    rotate,
     evaluate,
     expected_calibration_error,
     prediction_rows,
@@ -112,3 +115,67 @@ def test_evaluate_writes_reports(qwen_dir, tmp_path):
     report = (tmp_path / "report.md").read_text()
     assert "study aid" in report and "Wilson" in report
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_rotation_keeps_the_gold_option():
+    r = load_demo()[0]
+    for shift in range(4):
+        rr = rotate(r, shift)
+        assert rr.options[rr.answer] == r.options[r.answer]
+        assert sorted(rr.options) == sorted(r.options)
+
+
+def test_permutation_analysis_on_a_position_biased_scorer(qwen_dir):
+    model, tok = _load(qwen_dir)
+    fmt = PromptFormat(tok)
+    records = load_demo()[:6]
+    base = score_records(model, fmt, records, progress=False)
+    res = permutation_analysis(model, fmt, records, base, k=4, progress=False)
+    assert 0.0 <= res["consistency"] <= 1.0 and len(res["debiased_probs"]) == 6
+    for p in res["debiased_probs"]:
+        assert abs(p.sum() - 1) < 1e-5
+    # a hand check of the per-content average for one question
+    r = records[0]
+    rotated = [score_records(model, fmt, [rotate(r, sh)], progress=False)[0] for sh in range(4)]
+    by_content = np.mean([[p[(j + sh) % 4] for j in range(4)] for sh, p in enumerate(rotated)], axis=0)
+    np.testing.assert_allclose(res["debiased_probs"][0], by_content, atol=1e-5)
+
+
+def test_parse_letter_is_strict():
+    assert parse_letter("B. SA node\nExplanation: ...", 4) == 1
+    assert parse_letter("(C) AV node", 4) == 2
+    assert parse_letter("D", 4) == 3
+    assert parse_letter("E. five", 4) is None  # not an option here
+    assert parse_letter("The answer is B", 4) is None
+    assert parse_letter("", 4) is None
+    assert parse_letter("Because A is ...", 4) is None
+
+
+def test_generative_mode_and_plots(qwen_dir, tmp_path):
+    model, tok = _load(qwen_dir)
+    records = load_demo()[:5]
+    s = evaluate(model, PromptFormat(tok), records, tmp_path, batch_size=4, progress=False, generate=True,
+                 max_new_tokens=6, permutations=2)
+    g = s["generative"]
+    # a random tiny model rarely opens with a letter: unparseable answers count as wrong, never defaulted
+    assert g["unparseable"] + round(g["accuracy"] * 5) <= 5
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    assert all("generated" in r and "debiased_probs" in r for r in rows)
+    for r in rows:
+        assert r["generated_pred"] is None or r["generated"].lstrip("( ").startswith(r["generated_pred"])
+    for png in ("reliability.png", "letters.png"):
+        assert (tmp_path / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Generative mode" in (tmp_path / "report.md").read_text()
+    assert s["brier"] >= 0 and s["robustness"]["permutations"] == 2
+
+
+def test_few_shot_prompts(qwen_dir, plain_dir):
+    shots = load_demo()[10:12]
+    r = load_demo()[0]
+    chat = PromptFormat(AutoTokenizer.from_pretrained(qwen_dir), "chat", shots=shots)
+    p = chat.prompt(r)
+    assert p.count("<|im_start|>user") == 3 and p.count("<|im_start|>assistant") == 3
+    assert chat.answer_text(shots[0]) in p and p.endswith("<think>\n\n</think>\n\n")
+    lm = PromptFormat(AutoTokenizer.from_pretrained(plain_dir), "lm-eval", shots=shots)
+    q = lm.prompt(r)
+    assert q.count("Answer:") == 3 and f"Answer: {shots[1].answer_letter}\n\nQuestion:" in q

@@ -25,6 +25,7 @@ SHORTCUTS = {
     "protocol": ("eval.protocol", "prompt protocol: chat | lm-eval"),
     "device": ("model.device", "auto | cpu | cuda | cuda:N | mps | xpu"),
 }
+RAW_STRING_FIELDS = {"out", "path", "name", "adapter", "revision", "split"}
 TRAIN_SHORTCUTS = {
     "eval-data": ("eval_data.path", "held-out data evaluated after training"),
 }
@@ -53,9 +54,11 @@ def build_parser() -> argparse.ArgumentParser:
     p_quick.add_argument("--out", dest="cfg:out", default=argparse.SUPPRESS, help="run directory")
     for flag in ("train.epochs", "train.max_steps", "data.train_size", "eval_data.limit", "model.name"):
         p_quick.add_argument(f"--{flag}", dest=f"cfg:{flag}", default=argparse.SUPPRESS, metavar="VALUE", help=argparse.SUPPRESS)
+    from medqa.compare import add_compare_parser
     from medqa.inspect import add_data_parser
 
     add_data_parser(sub)
+    add_compare_parser(sub)
     return parser
 
 
@@ -64,7 +67,8 @@ def _overrides(ns: argparse.Namespace) -> dict[str, Any]:
     for k, v in vars(ns).items():
         if k.startswith("cfg:"):
             dotted = k[4:]
-            out[dotted] = v if dotted in ("out", "data.path", "model.name", "model.adapter", "eval_data.path") else parse_value(v)
+            raw = dotted.rsplit(".", 1)[-1] in RAW_STRING_FIELDS  # paths and names stay text ("007" is a name)
+            out[dotted] = v if raw else parse_value(v)
     return out
 
 
@@ -97,6 +101,10 @@ def _run(ns: argparse.Namespace) -> int:
         from medqa.inspect import inspect_main
 
         return inspect_main(ns)
+    if ns.command == "compare":
+        from medqa.compare import compare_main
+
+        return compare_main(ns)
     console = Console()
     ov = _overrides(ns)
     if ns.command == "quickstart":

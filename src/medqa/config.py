@@ -99,6 +99,12 @@ class EvalConfig(_Section):
     )
     batch_size: int = Field(16, ge=1)
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag answers below this probability")
+    permutations: int = Field(0, ge=0, le=5, description="score under N cyclic option permutations (0/1: off)")
+    generate: bool = Field(False, description="also generate answer + explanation, parse the letter strictly")
+    max_new_tokens: int = Field(96, ge=1)
+    few_shot: int = Field(0, ge=0, description="k answered examples before each question (needs few_shot_data)")
+    few_shot_data: DataConfig | None = Field(None, description="where few-shot examples come from (a training split)")
+    few_shot_seed: int = 1234
 
 
 class MixtureEntry(DataConfig):

@@ -9,6 +9,7 @@ Every option gets a probability; no prediction is ever a fallback.
 from __future__ import annotations
 
 import math
+import re
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -85,15 +86,25 @@ def wilson_interval(k: int, n: int, z: float = 1.959963984540054) -> tuple[float
 
 
 def expected_calibration_error(conf: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
-    if len(conf) == 0:
+    """ECE over equal-width confidence bins: sum of |accuracy - confidence| weighted by bin size."""
+    from medqa.plots import reliability_bins
+
+    n = len(conf)
+    if n == 0:
         return 0.0
-    edges = np.linspace(0, 1, bins + 1)
-    ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi) if lo > 0 else (conf >= lo) & (conf <= hi)
-        if sel.any():
-            ece += sel.mean() * abs(conf[sel].mean() - correct[sel].mean())
-    return float(ece)
+    return float(sum(b["n"] / n * abs(b["accuracy"] - b["confidence"]) for b in reliability_bins(conf, correct, bins)))
+
+
+def brier_score(records: list[MCQRecord], probs: list[np.ndarray]) -> float:
+    """Multi-class Brier score: mean over questions of sum_k (p_k - 1[k = gold])^2 (0 is perfect)."""
+    if not records:
+        return 0.0
+    total = 0.0
+    for r, p in zip(records, probs):
+        y = np.zeros(len(p))
+        y[r.answer] = 1.0
+        total += float(((np.asarray(p) - y) ** 2).sum())
+    return total / len(records)
 
 
 def summarize(records: list[MCQRecord], probs: list[np.ndarray], low_confidence: float = 0.5) -> dict[str, Any]:
@@ -126,6 +137,8 @@ def summarize(records: list[MCQRecord], probs: list[np.ndarray], low_confidence:
         "pred_letter_distribution": {L: pred_letters.get(L, 0) for L in LETTERS[: max((len(r.options) for r in records), default=4)]},
         "mean_confidence": float(conf.mean()) if n else 0.0,
         "ece": expected_calibration_error(conf, correct),
+        "brier": brier_score(records, probs),
+        "macro_subject_accuracy": float(np.mean([v["accuracy"] for v in per_subject.values()])) if per_subject else None,
         "low_confidence_threshold": low_confidence,
         "low_confidence_share": float((conf < low_confidence).mean()) if n else 0.0,
         "per_subject": per_subject,
@@ -160,19 +173,141 @@ def markdown_report(summary: dict[str, Any]) -> str:
         f"- Questions: {summary['n']}",
         f"- **Accuracy: {summary['accuracy']:.1%}** (95 % Wilson interval {lo:.1%}–{hi:.1%})",
         f"- Majority-letter baseline ('{summary['majority_letter']}'): {summary['majority_baseline']:.1%}; uniform: {summary['uniform_baseline']:.1%}",
-        f"- Mean confidence {summary['mean_confidence']:.1%}, ECE {summary['ece']:.3f}; "
+        f"- Mean confidence {summary['mean_confidence']:.1%}, ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}; "
         f"{summary['low_confidence_share']:.1%} of answers below the {summary['low_confidence_threshold']:.0%} confidence flag",
-        "",
-        "| letter | gold | predicted |",
-        "|---|---|---|",
     ]
+    if "robustness" in summary:
+        rb = summary["robustness"]
+        lines.append(f"- Option-order robustness ({rb['permutations']} cyclic permutations): the chosen answer stays the "
+                     f"same for {rb['consistency']:.1%} of questions; permutation-debiased accuracy "
+                     f"{rb['debiased_accuracy']:.1%} ({rb['debiased_ci95'][0]:.1%}–{rb['debiased_ci95'][1]:.1%})")
+    if "generative" in summary:
+        g = summary["generative"]
+        lines.append(f"- Generative mode (answer + explanation, strict letter parsing): accuracy {g['accuracy']:.1%}, "
+                     f"{g['unparseable']} unparseable (counted wrong), agreement with letter scoring "
+                     f"{g['agreement_with_letter_scoring']:.1%}")
+    lines += ["", "![reliability](reliability.png) ![letters](letters.png)", "",
+              "| letter | gold | predicted |", "|---|---|---|"]
     for L, g in summary["gold_letter_distribution"].items():
         lines.append(f"| {L} | {g} | {summary['pred_letter_distribution'].get(L, 0)} |")
     if summary["per_subject"]:
         lines += ["", "| subject | n | accuracy | 95 % CI |", "|---|---|---|---|"]
         for s, v in summary["per_subject"].items():
             lines.append(f"| {s} | {v['n']} | {v['accuracy']:.1%} | {v['ci95'][0]:.1%}–{v['ci95'][1]:.1%} |")
+        lines.append(f"| macro mean | {len(summary['per_subject'])} subjects | {summary['macro_subject_accuracy']:.1%} | |")
     return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- robustness
+
+
+def rotate(rec: MCQRecord, shift: int) -> MCQRecord:
+    """Cyclic permutation of the options: option i moves to position (i + shift) mod n."""
+    n = len(rec.options)
+    opts = [rec.options[(j - shift) % n] for j in range(n)]
+    return rec.model_copy(update={"options": opts, "answer": (rec.answer + shift) % n})
+
+
+def permutation_analysis(
+    model: Any, fmt: PromptFormat, records: list[MCQRecord], base_probs: list[np.ndarray], k: int,
+    batch_size: int = 16, progress: bool = True,
+) -> dict[str, Any]:
+    """Score each question under k cyclic permutations (shift 0 = `base_probs`).
+
+    consistency: share of questions whose chosen option *content* is the same under every permutation.
+    debiased: accuracy of the per-content probabilities averaged over the permutations.
+    """
+    shifts = list(range(1, k))
+    rotated = [rotate(r, sh) for sh in shifts for r in records if sh < len(r.options)]
+    scored = iter(_sharded(lambda rs: score_records(model, fmt, rs, batch_size, progress, desc="permutations"), rotated))
+    per_content = [[np.asarray(p)] for p in base_probs]  # in original option order
+    for sh in shifts:
+        for i, r in enumerate(records):
+            if sh < len(r.options):
+                p = next(scored)
+                n = len(r.options)
+                per_content[i].append(np.array([p[(j + sh) % n] for j in range(n)]))
+    consistent = [len({int(np.argmax(p)) for p in ps}) == 1 for ps in per_content]
+    debiased = [np.mean(ps, axis=0) for ps in per_content]
+    k_correct = sum(int(np.argmax(p)) == r.answer for p, r in zip(debiased, records))
+    n = len(records)
+    return {
+        "permutations": k,
+        "consistency": float(np.mean(consistent)) if n else 0.0,
+        "debiased_accuracy": k_correct / n if n else 0.0,
+        "debiased_ci95": list(wilson_interval(k_correct, n)),
+        "debiased_probs": debiased,
+    }
+
+
+# ----------------------------------------------------------------------------- generation
+
+
+LETTER_RE = re.compile(r"^\s*\(?([A-E])(?:[.):]|\s|$)")
+
+
+def parse_letter(text: str, n_options: int) -> int | None:
+    """Strict: the answer must open with a letter (A., B), (C) ...) among the options; else None."""
+    m = LETTER_RE.match(text)
+    if not m:
+        return None
+    i = LETTERS.index(m.group(1))
+    return i if i < n_options else None
+
+
+@torch.inference_mode()
+def generate_answers(
+    model: Any, fmt: PromptFormat, records: list[MCQRecord], batch_size: int = 8,
+    max_new_tokens: int = 96, progress: bool = True,
+) -> list[str]:
+    """Greedy, batched (left-padded) generation of the answer and its explanation; stops at end of turn."""
+    tok = fmt.tokenizer
+    device = next(model.parameters()).device
+    stop = [i for i in {tok.convert_tokens_to_ids(fmt.end_text) if fmt.end_text in tok.get_vocab() else None,
+                        tok.eos_token_id} if i is not None]
+    encoded = [fmt.encode_prompt(r) for r in records]
+    order = sorted(range(len(records)), key=lambda i: -len(encoded[i]))
+    texts: list[str] = [""] * len(records)
+    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
+    bar = tqdm(total=len(records), desc="generating", unit="q", disable=not progress, leave=False)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
+                             do_sample=False, eos_token_id=stop, pad_token_id=pad_id)
+        for row, i in enumerate(idx):
+            texts[i] = tok.decode(out[row, width:], skip_special_tokens=True).strip()
+        bar.update(len(idx))
+    bar.close()
+    return texts
+
+
+# ----------------------------------------------------------------------------- distributed
+
+
+def _dist() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _sharded(fn, records: list[MCQRecord]) -> list[Any]:
+    """Run `fn` on this rank's shard (every world_size-th record) and gather all results in order."""
+    rank, world = _dist()
+    if world == 1:
+        return fn(records)
+    mine = fn(records[rank::world])
+    gathered: list[Any] = [None] * world
+    torch.distributed.all_gather_object(gathered, mine)
+    out: list[Any] = [None] * len(records)
+    for r, part in enumerate(gathered):
+        out[r::world] = part
+    return out
 
 
 def evaluate(
@@ -184,18 +319,56 @@ def evaluate(
     meta: dict[str, Any] | None = None,
     low_confidence: float = 0.5,
     progress: bool = True,
+    permutations: int = 0,
+    generate: bool = False,
+    max_new_tokens: int = 96,
 ) -> dict[str, Any]:
-    """Score, summarise, and (with `out_dir`) write predictions.jsonl, summary.json and report.md."""
+    """Score, summarise, and (with `out_dir`) write predictions.jsonl, summary.json, report.md and plots.
+
+    Under torchrun / accelerate launch each process scores a shard; rank 0 gathers and writes the
+    same report a single process would.
+    """
+    rank, world = _dist()
     t = time.perf_counter()
-    probs = score_records(model, fmt, records, batch_size=batch_size, progress=progress)
+    probs = _sharded(lambda rs: score_records(model, fmt, rs, batch_size=batch_size, progress=progress and rank == 0),
+                     records)
     seconds = time.perf_counter() - t
     summary = {"protocol": fmt.name, **(meta or {}), **summarize(records, probs, low_confidence)}
     summary["seconds"] = round(seconds, 2)
     summary["questions_per_second"] = round(len(records) / seconds, 2) if seconds > 0 else None
+    summary["processes"] = world
+    rows = prediction_rows(records, probs)
+    if permutations > 1:
+        perm = permutation_analysis(model, fmt, records, probs, permutations, batch_size, progress and rank == 0)
+        for row, p in zip(rows, perm.pop("debiased_probs")):
+            row["debiased_probs"] = [round(float(x), 6) for x in p]
+        summary["robustness"] = perm
+    if generate:
+        texts = _sharded(lambda rs: generate_answers(model, fmt, rs, batch_size, max_new_tokens, progress and rank == 0),
+                         records)
+        parsed = [parse_letter(t, len(r.options)) for t, r in zip(texts, records)]
+        n = len(records)
+        k = sum(p == r.answer for p, r in zip(parsed, records))
+        summary["generative"] = {
+            "accuracy": k / n if n else 0.0,
+            "ci95": list(wilson_interval(k, n)),
+            "unparseable": sum(p is None for p in parsed),
+            "agreement_with_letter_scoring": float(np.mean([p == int(np.argmax(q)) for p, q in zip(parsed, probs)])) if n else 0.0,
+            "max_new_tokens": max_new_tokens,
+        }
+        for row, text, p in zip(rows, texts, parsed):
+            row["generated"] = text
+            row["generated_pred"] = LETTERS[p] if p is not None else None
     summary["disclaimer"] = DISCLAIMER
-    if out_dir is not None:
+    if out_dir is not None and rank == 0:
         out = Path(out_dir)
-        atomic_write_jsonl(out / "predictions.jsonl", prediction_rows(records, probs))
+        atomic_write_jsonl(out / "predictions.jsonl", rows)
+        conf = np.array([float(np.max(p)) for p in probs])
+        correct = np.array([int(np.argmax(p)) == r.answer for p, r in zip(probs, records)], dtype=float)
+        from medqa.plots import letter_bias, reliability_diagram
+
+        reliability_diagram(conf, correct, out / "reliability.png", f"Reliability (ECE {summary['ece']:.3f})")
+        letter_bias(summary["gold_letter_distribution"], summary["pred_letter_distribution"], out / "letters.png")
         atomic_write_json(out / "summary.json", summary)
         atomic_write_text(out / "report.md", markdown_report(summary))
     return summary

@@ -50,6 +50,7 @@ def plain_prompt(rec: MCQRecord) -> str:
 class PromptFormat:
     tokenizer: Any
     protocol: str = "chat"
+    shots: list[MCQRecord] = field(default_factory=list)  # few-shot examples, answered, before each question
     uses_template: bool = field(init=False)
     letter_prefix: str = field(init=False)
     end_text: str = field(init=False)
@@ -87,10 +88,16 @@ class PromptFormat:
         return eos
 
     def prompt(self, rec: MCQRecord) -> str:
-        """Everything before the answer letter."""
+        """Everything before the answer letter (after the few-shot examples, if any)."""
         if self.uses_template:
-            return self._render(messages(rec), generation_prompt=True)
-        return plain_prompt(rec)
+            msgs = messages(rec)
+            for shot in reversed(self.shots):
+                msgs[1:1] = [{"role": "user", "content": user_message(shot)},
+                             {"role": "assistant", "content": self.answer_text(shot)}]
+            return self._render(msgs, generation_prompt=True)
+        # lm-evaluation-harness few-shot layout: "<prompt> <letter>" blocks joined by a blank line
+        prefix = "".join(f"{plain_prompt(s)} {s.answer_letter}\n\n" for s in self.shots)
+        return prefix + plain_prompt(rec)
 
     def answer_text(self, rec: MCQRecord) -> str:
         """What the assistant says: letter, option text, then the explanation when there is one."""

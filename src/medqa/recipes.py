@@ -8,6 +8,7 @@ Each recipe takes a `RunConfig` and writes its run directory; the CLI is a thin 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from importlib import resources
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from medqa.config import DataConfig, RunConfig, build_config
-from medqa.data import load_dataset_config
+from medqa.data import hash_order, load_dataset_config
 from medqa.errors import DataError
 from medqa.evaluate import DISCLAIMER, evaluate, wilson_interval
 from medqa.format import PromptFormat
@@ -38,15 +39,34 @@ def _describe_data(d: DataConfig) -> str:
 
 def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, data: DataConfig, out: Path, progress: bool) -> dict[str, Any]:
     records, report = load_dataset_config(data, default_split="validation")
-    fmt = PromptFormat(tokenizer, cfg.eval.protocol)
+    fmt = PromptFormat(tokenizer, cfg.eval.protocol, shots=few_shot_examples(cfg, records))
     meta = {
         "model": cfg.model.name,
         "adapter": cfg.model.adapter,
         "data": _describe_data(data),
         "load_report": report.as_dict(),
     }
+    if fmt.shots:
+        meta["few_shot"] = {"k": len(fmt.shots), "ids": [r.id for r in fmt.shots], "seed": cfg.eval.few_shot_seed,
+                            "data": _describe_data(cfg.eval.few_shot_data)}
     return evaluate(model, fmt, records, out, batch_size=cfg.eval.batch_size, meta=meta,
-                    low_confidence=cfg.eval.low_confidence, progress=progress)
+                    low_confidence=cfg.eval.low_confidence, progress=progress,
+                    permutations=cfg.eval.permutations, generate=cfg.eval.generate,
+                    max_new_tokens=cfg.eval.max_new_tokens)
+
+
+def few_shot_examples(cfg: RunConfig, eval_records: list[Any]) -> list[Any]:
+    """k seeded examples from `eval.few_shot_data`, never one of the evaluated questions."""
+    k = cfg.eval.few_shot
+    if k == 0:
+        return []
+    if cfg.eval.few_shot_data is None:
+        raise DataError("eval", None, "few_shot_data", "few-shot prompting needs eval.few_shot_data (a training split)")
+    pool, _ = load_dataset_config(cfg.eval.few_shot_data, default_split="train")
+    pool, _ = remove_leakage(pool, eval_records)
+    if len(pool) < k:
+        raise DataError("eval", None, "few_shot", f"asked for {k} examples, the few-shot pool has {len(pool)}")
+    return hash_order(pool, cfg.eval.few_shot_seed)[:k]
 
 
 def evaluation_sets(cfg: RunConfig, include_data: bool) -> dict[str, DataConfig]:
@@ -65,6 +85,8 @@ def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataC
     if len(sets) == 1:
         return _eval_one(model, tokenizer, cfg, next(iter(sets.values())), out, progress)
     results = {name: _eval_one(model, tokenizer, cfg, d, out / name, progress) for name, d in sets.items()}
+    if _rank() != 0:
+        return results
     agg = aggregate_accuracy(results)
     k, n = sum(r["correct"] for r in results.values()), agg["n"]
     summary = {
@@ -101,9 +123,34 @@ def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataC
 
 def run_eval(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Evaluate `cfg.model` (+ adapter) on `cfg.data` (or every `cfg.eval_sets`); writes the reports to `cfg.out`."""
-    hw = detect(cfg.model.device)
+    hw = init_distributed(detect(cfg.model.device))
     model, tokenizer = load_model(cfg.model, hw)
     return _eval_sets(model, tokenizer, cfg, evaluation_sets(cfg, include_data=True), Path(cfg.out), progress)
+
+
+def _rank() -> int:
+    import torch
+
+    dist = torch.distributed
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def init_distributed(hw: Any) -> Any:
+    """Under torchrun / accelerate launch (WORLD_SIZE > 1): join the process group, one device per rank."""
+    import os
+
+    import torch
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return hw
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    backend = "nccl" if hw.backend in ("cuda", "rocm") else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    if backend == "nccl":
+        torch.cuda.set_device(local)
+        hw = dataclasses.replace(hw, device=f"cuda:{local}")
+    return hw
 
 
 def training_records(cfg: RunConfig) -> tuple[list[Any], dict[str, Any]]:

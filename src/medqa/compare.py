@@ -1,0 +1,102 @@
+"""Paired comparison of two evaluation runs on the same questions: exact McNemar test.
+
+    medqa compare runs/base-eval runs/lora-eval [--json]
+
+Questions are matched by id (and dataset, for pooled multi-dataset runs). Only the discordant pairs
+carry information: `fixed` (wrong in A, right in B) and `broken` (right in A, wrong in B). Under the
+null hypothesis of equal accuracy each discordant pair is a fair coin, so the two-sided exact p-value
+is min(1, 2 * P[Binomial(fixed + broken, 1/2) <= min(fixed, broken)]).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from medqa.errors import DataError
+from medqa.evaluate import wilson_interval
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    k = min(fixed, broken)
+    tail = sum(math.comb(n, i) for i in range(k + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def _predictions(run: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
+    path = Path(run)
+    if path.is_dir():
+        path = path / "predictions.jsonl"
+    if not path.is_file():
+        raise DataError(str(path), None, None, "no predictions.jsonl (pass a `medqa eval` output directory)")
+    out: dict[tuple[str, str], dict[str, Any]] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(str(path), lineno, None, f"not valid JSON: {e.msg}") from None
+        for key in ("id", "correct"):
+            if key not in row:
+                raise DataError(str(path), lineno, key, "missing")
+        k = (str(row.get("dataset", "")), str(row["id"]))
+        if k in out:
+            raise DataError(str(path), lineno, "id", f"duplicate question id {row['id']!r}")
+        out[k] = row
+    return out
+
+
+def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
+    a, b = _predictions(run_a), _predictions(run_b)
+    if set(a) != set(b):
+        only_a, only_b = len(set(a) - set(b)), len(set(b) - set(a))
+        raise DataError(str(run_b), None, "id",
+                        f"the runs did not score the same questions ({only_a} only in A, {only_b} only in B)")
+    keys = sorted(a)
+    fixed = sum(1 for k in keys if not a[k]["correct"] and b[k]["correct"])
+    broken = sum(1 for k in keys if a[k]["correct"] and not b[k]["correct"])
+    n = len(keys)
+    ka, kb = sum(bool(a[k]["correct"]) for k in keys), sum(bool(b[k]["correct"]) for k in keys)
+    return {
+        "n": n,
+        "accuracy_a": ka / n if n else 0.0,
+        "accuracy_b": kb / n if n else 0.0,
+        "ci95_a": list(wilson_interval(ka, n)),
+        "ci95_b": list(wilson_interval(kb, n)),
+        "difference": (kb - ka) / n if n else 0.0,
+        "fixed": fixed,
+        "broken": broken,
+        "both_right": sum(1 for k in keys if a[k]["correct"] and b[k]["correct"]),
+        "both_wrong": sum(1 for k in keys if not a[k]["correct"] and not b[k]["correct"]),
+        "mcnemar_exact_p": mcnemar_exact(fixed, broken),
+        "fixed_ids": [k[1] for k in keys if not a[k]["correct"] and b[k]["correct"]][:50],
+        "broken_ids": [k[1] for k in keys if a[k]["correct"] and not b[k]["correct"]][:50],
+    }
+
+
+def add_compare_parser(subparsers: Any) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("compare", help="paired comparison of two eval runs (exact McNemar)")
+    p.add_argument("run_a", help="eval output directory (or predictions.jsonl) of run A")
+    p.add_argument("run_b", help="eval output directory (or predictions.jsonl) of run B")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return p
+
+
+def compare_main(ns: argparse.Namespace) -> int:
+    r = compare_runs(ns.run_a, ns.run_b)
+    if ns.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['n']} questions in both runs")
+    print(f"A: {r['accuracy_a']:.1%} ({r['ci95_a'][0]:.1%}-{r['ci95_a'][1]:.1%})   "
+          f"B: {r['accuracy_b']:.1%} ({r['ci95_b'][0]:.1%}-{r['ci95_b'][1]:.1%})   B-A: {r['difference']:+.1%}")
+    print(f"fixed by B: {r['fixed']}   broken by B: {r['broken']}   "
+          f"exact McNemar p = {r['mcnemar_exact_p']:.4g}")
+    return 0
