@@ -49,14 +49,14 @@ def test_all_rows_with_context_and_long_answer(pqal):
     assert report.rows == report.kept == 6
     r = records[2]
     assert r.id == "9488747" and r.options == ["yes", "no", "maybe"] and r.answer == 2 and r.answer_letter == "C"
-    assert r.question.startswith("Does treatment 2 reduce mortality in sepsis?\n\nContext:\n")
-    assert "BACKGROUND: Background sentence 2.\nMETHODS: We randomised 102 patients.\nRESULTS: Mortality fell." in r.question
+    assert r.question == "Does treatment 2 reduce mortality in sepsis?"
+    assert r.context == "Background sentence 2.\nWe randomised 102 patients.\nMortality fell."
     assert r.explanation == "Treatment 2 answer is maybe." and r.source == "pubmedqa"
 
 
 def test_without_context(pqal):
     records, _ = load_pubmedqa(str(pqal[0]), include_context=False)
-    assert records[0].question == "Does treatment 0 reduce mortality in sepsis?"
+    assert records[0].question == "Does treatment 0 reduce mortality in sepsis?" and records[0].context is None
 
 
 def test_official_test_split_from_ground_truth_file(pqal, tmp_path):
@@ -159,7 +159,7 @@ def test_hub_pqa_labeled_rows(tmp_path):
     path = write_jsonl(tmp_path / "pqa_labeled.jsonl", rows)
     records, _ = load_pubmedqa(str(path))
     assert [r.id for r in records] == PMIDS and records[1].answer == 1
-    assert records[0].question == "Q0?\n\nContext:\nX: a.\nY: b."
+    assert records[0].question == "Q0?" and records[0].context == "a.\nb."
     truth = write_truth(tmp_path / "gt.json", PMIDS[:2])
     test, _ = load_pubmedqa(str(path), split="test", test_ids=str(truth))
     assert [r.id for r in test] == PMIDS[:2]

@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_data_parser(sub)
     add_compare_parser(sub)
+    from medqa.hub import add_export_parser, add_push_parser
+
+    add_export_parser(sub)
+    add_push_parser(sub)
     return parser
 
 
@@ -105,6 +109,8 @@ def _run(ns: argparse.Namespace) -> int:
         from medqa.compare import compare_main
 
         return compare_main(ns)
+    if ns.command in ("export", "push"):
+        return ns.handler(ns)
     console = Console()
     ov = _overrides(ns)
     if ns.command == "quickstart":

@@ -36,6 +36,7 @@ class MCQRecord(BaseModel):
     question: str = Field(min_length=1)
     options: list[str] = Field(min_length=2, max_length=5)
     answer: int = Field(ge=0)
+    context: str | None = None  # a passage the question is about (PubMedQA's abstract)
     explanation: str | None = None
     subject: str | None = None
     topic: str | None = None

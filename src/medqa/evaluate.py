@@ -62,8 +62,7 @@ def score_records(
             use_cache=False,
         ).logits[:, -1, :].float()
         for row, i in enumerate(idx):
-            letter_ids = fmt.letter_ids(len(records[i].options))
-            out[i] = torch.softmax(logits[row, letter_ids], dim=-1).cpu().numpy()
+            out[i] = torch.softmax(logits[row, fmt.choice_ids(records[i])], dim=-1).cpu().numpy()
         bar.update(len(idx))
     bar.close()
     if was_training:

@@ -29,7 +29,8 @@ _SENTINEL = "\x00MEDQA_SENTINEL\x00"
 
 
 def user_message(rec: MCQRecord) -> str:
-    lines = [f"Question: {rec.question.strip()}", "", "Options:"]
+    lines = [f"Abstract: {rec.context.strip()}", ""] if rec.context else []
+    lines += [f"Question: {rec.question.strip()}", "", "Options:"]
     lines += [f"{LETTERS[i]}. {opt.strip()}" for i, opt in enumerate(rec.options)]
     return "\n".join(lines)
 
@@ -38,12 +39,30 @@ def messages(rec: MCQRecord) -> list[dict[str, str]]:
     return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": user_message(rec)}]
 
 
+def _options_block(rec: MCQRecord) -> str:
+    return "".join(f"{LETTERS[i]}. {opt}\n" for i, opt in enumerate(rec.options))
+
+
 def plain_prompt(rec: MCQRecord) -> str:
-    """lm-evaluation-harness `medmcqa` template (also the fallback for models without a chat template)."""
-    text = "Question: " + rec.question + "\nChoices:\n"
-    for i, opt in enumerate(rec.options):
-        text += f"{LETTERS[i]}. {opt}\n"
-    return text + "Answer:"
+    """lm-evaluation-harness's prompt for the record's benchmark (0.4.x task templates).
+
+    medmcqa (and anything else): "Question: q\nChoices:\nA. ..\nAnswer:"; medqa_4options:
+    "Question: q\nA. ..\nAnswer:"; pubmedqa: "Abstract: ctx\nQuestion: q\nAnswer:" (choices are the
+    words yes / no / maybe); mmlu: "q\nA. ..\nAnswer:" after the task description naming the subject.
+    """
+    if rec.source == "pubmedqa":
+        return f"Abstract: {rec.context or ''}\nQuestion: {rec.question}\nAnswer:"
+    if rec.source == "medqa-usmle":
+        return f"Question: {rec.question}\n{_options_block(rec)}Answer:"
+    if rec.source == "mmlu":
+        return f"{rec.question.strip()}\n{_options_block(rec)}Answer:"
+    return f"Question: {rec.question}\nChoices:\n{_options_block(rec)}Answer:"
+
+
+def lm_eval_description(rec: MCQRecord) -> str:
+    if rec.source == "mmlu" and rec.subject:
+        return f"The following are multiple choice questions (with answers) about {rec.subject.replace('_', ' ')}.\n\n"
+    return ""
 
 
 @dataclass
@@ -95,9 +114,20 @@ class PromptFormat:
                 msgs[1:1] = [{"role": "user", "content": user_message(shot)},
                              {"role": "assistant", "content": self.answer_text(shot)}]
             return self._render(msgs, generation_prompt=True)
-        # lm-evaluation-harness few-shot layout: "<prompt> <letter>" blocks joined by a blank line
-        prefix = "".join(f"{plain_prompt(s)} {s.answer_letter}\n\n" for s in self.shots)
-        return prefix + plain_prompt(rec)
+        # lm-evaluation-harness layout: description, then "<prompt> <choice>" shots joined by a blank line
+        shots = "".join(f"{plain_prompt(s)}{self.choice_strings(s)[s.answer]}\n\n" for s in self.shots)
+        return lm_eval_description(rec) + shots + plain_prompt(rec)
+
+    def choice_strings(self, rec: MCQRecord) -> list[str]:
+        """The continuations scored after the prompt: letters, or lm-eval's words for PubMedQA."""
+        if not self.uses_template and self.protocol == "lm-eval" and rec.source == "pubmedqa":
+            return [" " + o for o in rec.options]
+        return [self.letter_prefix + L for L in LETTERS[: len(rec.options)]]
+
+    def choice_ids(self, rec: MCQRecord) -> list[int]:
+        if not self.uses_template and self.protocol == "lm-eval" and rec.source == "pubmedqa":
+            return [self._single_token(c) for c in self.choice_strings(rec)]
+        return self.letter_ids(len(rec.options))
 
     def answer_text(self, rec: MCQRecord) -> str:
         """What the assistant says: letter, option text, then the explanation when there is one."""

@@ -21,8 +21,8 @@ Formats
   `split="test"` keeps the 500 PMIDs of the official `test_ground_truth.json` (passed as `test_ids`
   or found beside the data file), `split="train"` the other 500 (the official train+dev pool);
   labels in the ground-truth file must agree with `final_decision`. With `include_context=True`
-  (default) the question text carries the abstract: `QUESTION`, a blank line, `Context:` and one
-  line per `LABELS: CONTEXTS` section. `LONG_ANSWER` is the explanation. The Hub `pqa_labeled`
+  (default) the record carries the abstract in `MCQRecord.context` (the CONTEXTS joined by newlines,
+  as lm-evaluation-harness shows them); prompts put it before the question. `LONG_ANSWER` is the explanation. The Hub `pqa_labeled`
   rows (`pubid`, `question`, `context.contexts`, `long_answer`, `final_decision`) load the same way.
 - `mmlu`: the six medical subsets (anatomy, clinical_knowledge, college_biology, college_medicine,
   medical_genetics, professional_medicine), from the Hub schema (`question`, `subject`, `choices`,
@@ -294,19 +294,16 @@ def load_medqa_usmle(path: str, split: str | None = None, on_bad_rows: str = "er
 # ----------------------------------------------------------------------------- PubMedQA
 
 
-def _pubmedqa_question(source: str, row: Row, question: str, contexts: Any, labels: Any, include_context: bool, field: str) -> str:
+def _pubmedqa_context(source: str, row: Row, contexts: Any, include_context: bool, field: str) -> str | None:
+    """The abstract (CONTEXTS joined by newlines, as lm-evaluation-harness shows it), or None."""
     if not include_context:
-        return question
+        return None
     if contexts is None:
         raise DataError(source, row, field, "missing value (needed for include_context=True)")
     if not isinstance(contexts, list) or not contexts:
         raise DataError(source, row, field, f"expected a non-empty list of texts, got {_short(contexts)}")
     parts = [_text(source, row, f"{field}[{i}]", c) for i, c in enumerate(contexts)]
-    if isinstance(labels, list) and len(labels) == len(parts) and all(isinstance(x, str) and x.strip() for x in labels):
-        lines = [f"{lab.strip()}: {p}" for lab, p in zip(labels, parts)]
-    else:
-        lines = [p for p in parts if p]
-    return question + "\n\nContext:\n" + "\n".join(lines)  # type: ignore[arg-type]
+    return "\n".join(p for p in parts if p)
 
 
 def _decision(source: str, row: Row, field: str, v: Any) -> int:
@@ -329,9 +326,9 @@ def pubmedqa_record(raw: Any, source: str, pmid: str, include_context: bool = Tr
     if gold is not None and gold.strip().lower() != PUBMEDQA_OPTIONS[answer]:
         raise DataError(gold_source or source, pmid, None,
                         f"test label {gold!r} disagrees with final_decision {PUBMEDQA_OPTIONS[answer]!r} in {Path(source).name}")
-    question = _pubmedqa_question(source, pmid, q, raw.get("CONTEXTS"), raw.get("LABELS"), include_context, "CONTEXTS")
+    context = _pubmedqa_context(source, pmid, raw.get("CONTEXTS"), include_context, "CONTEXTS")
     return _record(
-        source, pmid, id=str(pmid), question=question, options=list(PUBMEDQA_OPTIONS), answer=answer,
+        source, pmid, id=str(pmid), question=q, context=context, options=list(PUBMEDQA_OPTIONS), answer=answer,
         explanation=_text(source, pmid, "LONG_ANSWER", raw.get("LONG_ANSWER"), required=False), source="pubmedqa",
     )
 
@@ -344,10 +341,10 @@ def _pubmedqa_hub_record(raw: Any, source: str, row: Row, include_context: bool)
     assert q is not None
     answer = _decision(source, row, "final_decision", raw.get("final_decision"))
     ctx = raw.get("context")
-    contexts, labels = (ctx.get("contexts"), ctx.get("labels")) if isinstance(ctx, dict) else (ctx, None)
-    question = _pubmedqa_question(source, row, q, contexts, labels, include_context, "context.contexts")
+    contexts = ctx.get("contexts") if isinstance(ctx, dict) else ctx
+    context = _pubmedqa_context(source, row, contexts, include_context, "context.contexts")
     return _record(
-        source, row, id=pubid or _default_id(source, row), question=question, options=list(PUBMEDQA_OPTIONS),
+        source, row, id=pubid or _default_id(source, row), question=q, context=context, options=list(PUBMEDQA_OPTIONS),
         answer=answer, explanation=_text(source, row, "long_answer", raw.get("long_answer"), required=False),
         source="pubmedqa",
     )

@@ -83,6 +83,8 @@ def train(
     from datasets import Dataset
     from transformers import Trainer, TrainingArguments, set_seed
 
+    from medqa.hub import library_versions
+
     hw = hw or detect(cfg.model.device)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -148,6 +150,7 @@ def train(
         "tokens": n_tokens,
         "label_tokens": n_label_tokens,
         "adapter": str(adapter_dir),
+        "versions": library_versions(),
     }
     atomic_write_json(out / "train_summary.json", summary)
     return summary
