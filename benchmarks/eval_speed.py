@@ -1,10 +1,14 @@
-"""Evaluation speed, side by side in one process: MedQA's one-pass letter scorer against the
-reference approach (greedy generation of 8 tokens, batch 1, first letter A-D found in the output,
-fallback "A"), on the same model and the same real questions.
+"""Evaluation speed, side by side in one process, on the same model and the same real questions:
+
+- MedQA's one-pass letter scorer (chat template, and the lm-eval protocol);
+- (a) the reference approach: greedy generation of 8 tokens, batch 1, first letter A-D in the
+  output, fallback "A" (chat template);
+- (b) lm-evaluation-harness's own `medmcqa` task (pinned lm-eval) on the same questions, at the
+  best of several batch sizes.
 
     python benchmarks/eval_speed.py --data ../shared/data/medmcqa/validation.jsonl --n 200
 
-Prints questions/second for each, the speed ratio, and how often the predictions agree.
+Prints questions/second for each, the speed ratios, and whether the predictions agree.
 Not a timed test: run it by hand and record the output in BENCHMARKS.md.
 """
 
@@ -40,12 +44,49 @@ def reference_generate(model, tok, fmt, records, max_new_tokens=8):
     return preds, fallbacks
 
 
+def lm_eval_medmcqa(model, tok, records, data_file, batch_sizes):
+    """Run lm-eval's medmcqa task (its own config) over a local copy of the same questions."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import lm_eval
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    tmp = Path(tempfile.mkdtemp())
+    wanted = {r.id for r in records}
+    rows = [json.loads(x) for x in Path(data_file).read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if r["id"] in wanted]
+    order = {r.id: i for i, r in enumerate(records)}
+    rows.sort(key=lambda r: order[r["id"]])
+    (tmp / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks = Path(lm_eval.__file__).parent / "tasks"
+    (tmp / "t.yaml").write_text(f"include: {tasks}/medmcqa/medmcqa.yaml\ntask: bench_medmcqa\n"
+                                f"dataset_path: json\ndataset_kwargs:\n  data_files:\n    validation: {tmp}/data.jsonl\n"
+                                "training_split: null\n")
+    best = None
+    for bs in batch_sizes:
+        t = time.perf_counter()
+        res = lm_eval.simple_evaluate(model=HFLM(pretrained=model, tokenizer=tok, batch_size=bs, device="cpu"),
+                                      tasks=["bench_medmcqa"], task_manager=TaskManager(include_path=str(tmp)),
+                                      log_samples=True, verbosity="ERROR")
+        secs = time.perf_counter() - t
+        samples = sorted(res["samples"]["bench_medmcqa"], key=lambda x: x["doc_id"])
+        preds = [int(np.argmax([r[0] for r in x["filtered_resps"]])) for x in samples]
+        print(f"  lm-eval batch {bs:3d}: {len(records) / secs:6.2f} q/s")
+        if best is None or secs < best[0]:
+            best = (secs, bs, preds)
+    return best
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", required=True)
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--lm-eval-batch-sizes", default="8,32", help="comma-separated; empty to skip lm-eval")
     args = ap.parse_args()
 
     records, _ = load_medmcqa(args.data)
@@ -66,13 +107,26 @@ def main() -> None:
     ref, fallbacks = reference_generate(model, tok, fmt, records)
     ref_s = time.perf_counter() - t
 
+    lm = PromptFormat(tok, "lm-eval")
+    t = time.perf_counter()
+    lm_probs = score_records(model, lm, records, batch_size=args.batch_size, progress=False)
+    lm_s = time.perf_counter() - t
+    ours_lm = [int(np.argmax(p)) for p in lm_probs]
+
     gold = [r.answer for r in records]
     acc = lambda p: np.mean([a == b for a, b in zip(p, gold)])  # noqa: E731
-    print(f"medqa letter scorer : {len(records) / ours_s:6.2f} q/s  accuracy {acc(ours):.1%}")
-    print(f"reference generate8 : {len(records) / ref_s:6.2f} q/s  accuracy {acc(ref):.1%}  "
+    n = len(records)
+    print(f"medqa scorer, chat template : {n / ours_s:6.2f} q/s  accuracy {acc(ours):.1%}")
+    print(f"medqa scorer, lm-eval prompt: {n / lm_s:6.2f} q/s  accuracy {acc(ours_lm):.1%}")
+    print(f"(a) reference generate-8    : {n / ref_s:6.2f} q/s  accuracy {acc(ref):.1%}  "
           f"({fallbacks} fallbacks to 'A': no letter in 8 tokens)")
-    print(f"speed ratio (medqa / reference): {ref_s / ours_s:.2f}x")
-    print(f"prediction agreement: {np.mean([a == b for a, b in zip(ours, ref)]):.1%}")
+    print(f"speed ratio vs (a), same chat prompt: {ref_s / ours_s:.2f}x; prediction agreement {np.mean([a == b for a, b in zip(ours, ref)]):.1%}")
+    sizes = [int(x) for x in args.lm_eval_batch_sizes.split(",") if x.strip()]
+    if sizes:
+        best_s, best_bs, theirs = lm_eval_medmcqa(model, tok, records, args.data, sizes)
+        same = np.mean([a == b for a, b in zip(ours_lm, theirs)])
+        print(f"(b) lm-eval medmcqa, best batch {best_bs}: {n / best_s:6.2f} q/s  accuracy {acc(theirs):.1%}")
+        print(f"speed ratio vs (b), same lm-eval prompt: {best_s / lm_s:.2f}x; identical predictions {same:.1%}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,148 @@
+"""GPU benchmark without internet: a Qwen3-1.7B-shaped model with random weights (real architecture,
+bf16), LoRA training at the reference recipe's shape, and the evaluation scorer against the reference
+generate-8 approach. Verified on CPU with `--shape tiny`; run on CUDA or ROCm through benchmarks/gpu.sh.
+
+Prints: matmul peak measured in this run, training examples/s, tokens/s, model FLOP utilisation
+(4·N·T FLOPs for LoRA: no weight gradients for frozen weights), peak memory; evaluation q/s of the
+one-pass letter scorer and of greedy generation of 8 tokens at batch 1, and their ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+SHAPES = {
+    # Qwen/Qwen3-1.7B config.json
+    "qwen3-1.7b": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=28,
+                       num_attention_heads=16, num_key_value_heads=8, head_dim=128, tie_word_embeddings=True,
+                       max_position_embeddings=40960, rope_theta=1000000.0, rms_norm_eps=1e-6),
+    "tiny": dict(vocab_size=4096, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=16, tie_word_embeddings=True,
+                 max_position_embeddings=1024),
+}
+
+
+def sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def matmul_peak(device: str, dtype: torch.dtype, n: int) -> float:
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    sync(device)
+    reps = 20 if device.startswith("cuda") else 3
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    sync(device)
+    return 2 * n**3 * reps / (time.perf_counter() - t)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shape", choices=list(SHAPES), default="qwen3-1.7b")
+    ap.add_argument("--steps", type=int, default=10, help="optimizer steps timed (after 2 warm-up steps)")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--accum", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=256)
+    ap.add_argument("--eval-questions", type=int, default=64)
+    ap.add_argument("--prompt-len", type=int, default=150)
+    args = ap.parse_args()
+
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, Qwen3Config
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    backend = "rocm" if getattr(torch.version, "hip", None) else ("cuda" if device == "cuda" else "cpu")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    name = torch.cuda.get_device_name(0) if device == "cuda" else "CPU"
+    print(f"device {name} ({backend}), dtype {dtype}, torch {torch.__version__}, shape {args.shape}")
+    peak = matmul_peak(device, dtype, 8192 if device == "cuda" else 1024)
+    print(f"measured matmul peak: {peak / 1e9:.0f} GFLOP/s")
+
+    torch.manual_seed(0)
+    cfg = Qwen3Config(**SHAPES[args.shape])
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
+                                             target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+
+    def step() -> None:
+        for _ in range(args.accum):
+            ids = torch.randint(0, cfg.vocab_size, (args.batch, args.seq), device=device)
+            labels = ids.clone()
+            labels[:, : args.seq // 2] = -100  # prompt tokens carry no loss
+            with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+                loss = model(input_ids=ids, labels=labels).loss / args.accum
+            loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    model.train()
+    for _ in range(2):
+        step()
+    sync(device)
+    t = time.perf_counter()
+    for _ in range(args.steps):
+        step()
+    sync(device)
+    secs = time.perf_counter() - t
+    examples = args.steps * args.accum * args.batch
+    tokens = examples * args.seq
+    flops = 4 * n_params * tokens
+    mem = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else float("nan")
+    train = {"examples_per_s": examples / secs, "tokens_per_s": tokens / secs,
+             "mfu_vs_measured_peak": flops / secs / peak, "achieved_tflops": flops / secs / 1e12,
+             "peak_memory_gib": mem, "params": n_params}
+    print(f"train: {train['examples_per_s']:.2f} examples/s, {train['tokens_per_s']:.0f} tokens/s, "
+          f"{train['achieved_tflops'] * 1e3:.1f} GFLOP/s = {train['mfu_vs_measured_peak']:.1%} of measured peak, "
+          f"peak memory {mem:.1f} GiB")
+
+    # evaluation: one batched pass reading the last position vs greedy generate-8 at batch 1
+    model.eval()
+    torch.manual_seed(1)
+    prompts = [torch.randint(0, cfg.vocab_size, (args.prompt_len + (i % 32),)) for i in range(args.eval_questions)]
+    letters = torch.tensor([32, 33, 34, 35]) % cfg.vocab_size
+    with torch.inference_mode():
+        t = time.perf_counter()
+        bs = 32
+        for s in range(0, len(prompts), bs):
+            chunk = prompts[s : s + bs]
+            width = max(len(p) for p in chunk)
+            ids = torch.zeros(len(chunk), width, dtype=torch.long)
+            mask = torch.zeros_like(ids)
+            for r, p in enumerate(chunk):
+                ids[r, width - len(p):] = p
+                mask[r, width - len(p):] = 1
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
+                logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
+                               logits_to_keep=1).logits[:, -1, letters.to(device)]
+            logits.float().softmax(-1).cpu()
+        sync(device)
+        ours = len(prompts) / (time.perf_counter() - t)
+        n_gen = max(4, args.eval_questions // 4)
+        t = time.perf_counter()
+        for p in prompts[:n_gen]:
+            ids = p[None].to(device)
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=8, min_new_tokens=8,
+                           do_sample=False, pad_token_id=0)
+        sync(device)
+        ref = n_gen / (time.perf_counter() - t)
+    print(f"eval: letter scorer {ours:.1f} q/s, reference generate-8 batch 1 {ref:.2f} q/s, ratio {ours / ref:.1f}x")
+    print(json.dumps({"device": name, "backend": backend, "shape": args.shape, "train": train,
+                      "eval": {"scorer_qps": ours, "generate8_qps": ref, "ratio": ours / ref}}))
+
+
+if __name__ == "__main__":
+    main()
