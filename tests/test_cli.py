@@ -172,3 +172,29 @@ def test_few_shot_from_the_command_line(qwen_dir, small_jsonl, tmp_path):
     assert not set(s["few_shot"]["ids"]) & {"q0", "q1", "q2", "q3"}  # never an evaluated question
     rc = main(["eval", "--model", str(qwen_dir), "--data", str(small_jsonl), "--out", str(out), "--eval.few_shot", "2"])
     assert rc == 2
+
+
+def test_training_augments_calibrates_and_reports_selective_answering(qwen_dir, tmp_path):
+    data = write_jsonl(tmp_path / "d.jsonl", [mcq_row(i, cop=0) for i in range(40)])  # every gold is A
+    run = tmp_path / "run"
+    rc = main(["train", "--model", str(qwen_dir), "--data", str(data), "--out", str(run), "--train.max_steps", "1",
+               "--data.subset", "train", "--data.train_size", "30", "--train.calibration_size", "6",
+               "--eval-data", str(data), "--eval_data.subset", "heldout", "--eval_data.train_size", "30"])
+    assert rc == 0
+    r = json.loads((run / "run_summary.json").read_text())
+    assert r["augmentation"]["gold_before"] == {"A": 24}
+    assert set(r["augmentation"]["gold_after"].values()) == {6}  # A-D six each: the letter prior is gone
+    cal = json.loads((run / "adapter" / "calibration.json").read_text())
+    assert cal["n"] == 6 and cal["temperature"] > 0 and cal["nll_after"] <= cal["nll_before"] + 1e-9
+    assert r["train"]["data"]["examples"] == 24
+    after = json.loads((run / "eval_after" / "summary.json").read_text())
+    assert after["calibration"]["temperature"] == pytest.approx(cal["temperature"])
+    assert set(after["selective"]["accuracy_at_coverage"]) == {"100%", "80%", "50%"}
+    assert (run / "eval_after" / "risk_coverage.png").is_file()
+    # the saved calibration is applied when the adapter is evaluated later
+    rc = main(["eval", "--model", str(qwen_dir), "--adapter", str(run / "adapter"), "--data", str(data),
+               "--data.subset", "heldout", "--data.train_size", "30", "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    ev = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert ev["calibration"]["temperature"] == pytest.approx(cal["temperature"])
+    assert ev["accuracy"] == pytest.approx(after["accuracy"])

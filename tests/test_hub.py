@@ -18,7 +18,7 @@ from medqa.errors import ConfigError, MedQAError, ModelError
 from medqa.evaluate import DISCLAIMER
 
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak0123456789abcdef"
-ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "chat_template.jinja",
+ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "calibration.json", "chat_template.jinja",
                  "tokenizer.json", "tokenizer_config.json"]
 
 

@@ -18,7 +18,9 @@ def test_quickstart_reduced_budget(tmp_path, capsys):
     assert "base (zero-shot)" in printed and "base + LoRA" in printed and "study aid" in printed
     result = json.loads((out / "run_summary.json").read_text())
     assert result["before"]["n"] == result["after"]["n"] == 16
-    assert result["train"]["steps"] == 2 and result["train"]["data"]["examples"] == 150
+    # 150 training questions, 15 of them held out to fit the temperature
+    assert result["train"]["steps"] == 2 and result["train"]["data"]["examples"] == 135
+    assert result["calibration"]["n"] == 15 and (out / "adapter" / "calibration.json").is_file()
     report = (out / "quickstart.md").read_text()
     assert "| base (zero-shot) |" in report and "| base + LoRA |" in report and "not a clinician" in report
     for sub in ("eval_before", "eval_after"):

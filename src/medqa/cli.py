@@ -60,9 +60,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_data_parser(sub)
     add_compare_parser(sub)
     from medqa.hub import add_export_parser, add_push_parser
+    from medqa.predict import add_predict_parser
+    from medqa.serve import add_demo_parser, add_space_parser
 
+    p_doc = sub.add_parser("doctor", help="accelerator, dtype, attention kernels, ROCm/CUDA variables, advice")
+    p_doc.add_argument("--json", action="store_true", help="print JSON")
     add_export_parser(sub)
     add_push_parser(sub)
+    add_predict_parser(sub)
+    add_demo_parser(sub)
+    add_space_parser(sub)
     return parser
 
 
@@ -109,8 +116,22 @@ def _run(ns: argparse.Namespace) -> int:
         from medqa.compare import compare_main
 
         return compare_main(ns)
-    if ns.command in ("export", "push"):
+    if ns.command == "doctor":
+        from medqa.hardware import doctor, format_doctor
+
+        report = doctor()
+        print(json.dumps(report, indent=2) if ns.json else format_doctor(report))
+        return 0
+    if ns.command in ("export", "push", "predict"):
         return ns.handler(ns)
+    if ns.command == "demo":
+        from medqa.serve import demo_main
+
+        return demo_main(ns)
+    if ns.command == "space":
+        from medqa.serve import space_main
+
+        return space_main(ns)
     console = Console()
     ov = _overrides(ns)
     if ns.command == "quickstart":

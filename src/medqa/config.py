@@ -91,6 +91,12 @@ class TrainConfig(_Section):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(2, ge=1)
     gradient_checkpointing: bool = False
+    augment_copies: int = Field(
+        1, ge=0, le=8, description="option-order augmentation: permuted copies per question (0: off)"
+    )
+    calibration_size: int | None = Field(
+        None, ge=0, description="questions held out of training to fit the temperature (default min(500, 10%); 0: off)"
+    )
 
 
 class EvalConfig(_Section):
@@ -105,6 +111,9 @@ class EvalConfig(_Section):
     few_shot: int = Field(0, ge=0, description="k answered examples before each question (needs few_shot_data)")
     few_shot_data: DataConfig | None = Field(None, description="where few-shot examples come from (a training split)")
     few_shot_seed: int = 1234
+    target_accuracy: float = Field(
+        0.6, gt=0, le=1, description="abstain below the confidence reaching this accuracy on the calibration split"
+    )
 
 
 class MixtureEntry(DataConfig):

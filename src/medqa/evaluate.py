@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from medqa.calibrate import apply_temperature, risk_coverage
 from medqa.data import LETTERS, MCQRecord
 from medqa.format import PromptFormat
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -185,7 +186,17 @@ def markdown_report(summary: dict[str, Any]) -> str:
         lines.append(f"- Generative mode (answer + explanation, strict letter parsing): accuracy {g['accuracy']:.1%}, "
                      f"{g['unparseable']} unparseable (counted wrong), agreement with letter scoring "
                      f"{g['agreement_with_letter_scoring']:.1%}")
-    lines += ["", "![reliability](reliability.png) ![letters](letters.png)", "",
+    cal, sel = summary.get("calibration"), summary.get("selective")
+    if cal:
+        lines.append(f"- Calibration: temperature {cal['temperature']:.3f} (ECE {cal['ece_uncalibrated']:.3f} before scaling, "
+                     f"{cal['ece']:.3f} after)")
+        if cal["abstain_threshold"] is not None:
+            lines.append(f"- Abstains below confidence {cal['abstain_threshold']:.2f} (chosen on the calibration split): "
+                         f"{cal['abstained_share']:.1%} withheld")
+    if sel:
+        cov = ", ".join(f"{k}: {v:.1%}" for k, v in sel["accuracy_at_coverage"].items())
+        lines.append(f"- Selective answering: AURC {sel['aurc']:.3f}; accuracy at coverage {cov}")
+    lines += ["", "![reliability](reliability.png) ![letters](letters.png) ![risk-coverage](risk_coverage.png)", "",
               "| letter | gold | predicted |", "|---|---|---|"]
     for L, g in summary["gold_letter_distribution"].items():
         lines.append(f"| {L} | {g} | {summary['pred_letter_distribution'].get(L, 0)} |")
@@ -321,6 +332,7 @@ def evaluate(
     permutations: int = 0,
     generate: bool = False,
     max_new_tokens: int = 96,
+    calibration: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Score, summarise, and (with `out_dir`) write predictions.jsonl, summary.json, report.md and plots.
 
@@ -332,7 +344,23 @@ def evaluate(
     probs = _sharded(lambda rs: score_records(model, fmt, rs, batch_size=batch_size, progress=progress and rank == 0),
                      records)
     seconds = time.perf_counter() - t
+    calibration = calibration or {"temperature": 1.0, "abstain_threshold": None}
+    raw_probs, temperature = probs, float(calibration.get("temperature", 1.0))
+    probs = apply_temperature(raw_probs, temperature)
     summary = {"protocol": fmt.name, **(meta or {}), **summarize(records, probs, low_confidence)}
+    conf = np.array([float(np.max(p)) for p in probs])
+    correct = np.array([int(np.argmax(p)) == r.answer for p, r in zip(probs, records)], dtype=float)
+    rc = risk_coverage(conf, correct)
+    threshold = calibration.get("abstain_threshold")
+    summary["calibration"] = {
+        "temperature": temperature,
+        "ece_uncalibrated": summarize(records, raw_probs, low_confidence)["ece"] if temperature != 1.0 else summary["ece"],
+        "ece": summary["ece"],
+        "abstain_threshold": threshold,
+        "abstained_share": float((conf < threshold).mean()) if threshold is not None and len(conf) else None,
+        "accuracy_when_answering": float(correct[conf >= threshold].mean()) if threshold is not None and (conf >= threshold).any() else None,
+    }
+    summary["selective"] = {"aurc": rc["aurc"], "accuracy_at_coverage": rc["accuracy_at_coverage"]}
     summary["seconds"] = round(seconds, 2)
     summary["questions_per_second"] = round(len(records) / seconds, 2) if seconds > 0 else None
     summary["processes"] = world
@@ -362,11 +390,12 @@ def evaluate(
     if out_dir is not None and rank == 0:
         out = Path(out_dir)
         atomic_write_jsonl(out / "predictions.jsonl", rows)
-        conf = np.array([float(np.max(p)) for p in probs])
-        correct = np.array([int(np.argmax(p)) == r.answer for p, r in zip(probs, records)], dtype=float)
-        from medqa.plots import letter_bias, reliability_diagram
+        from medqa.plots import curve, letter_bias, reliability_diagram
 
-        reliability_diagram(conf, correct, out / "reliability.png", f"Reliability (ECE {summary['ece']:.3f})")
+        reliability_diagram(conf, correct, out / "reliability.png", f"Reliability (ECE {summary['ece']:.3f}, T={temperature:.2f})")
+        curve(rc["coverage"], rc["accuracy"], out / "risk_coverage.png", "coverage (most confident answers kept)",
+              "accuracy of kept answers", f"Selective answering (AURC {rc['aurc']:.3f})",
+              hline=summary["majority_baseline"], hline_label="majority-letter baseline")
         letter_bias(summary["gold_letter_distribution"], summary["pred_letter_distribution"], out / "letters.png")
         atomic_write_json(out / "summary.json", summary)
         atomic_write_text(out / "report.md", markdown_report(summary))

@@ -56,3 +56,91 @@ def detect(device: str = "auto") -> Hardware:
 def resolve_dtype(requested: str, hw: Hardware) -> torch.dtype:
     name = hw.dtype if requested == "auto" else requested
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+
+
+# ----------------------------------------------------------------------------- medqa doctor
+
+ROCM_VARS = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HSA_OVERRIDE_GFX_VERSION", "PYTORCH_ROCM_ARCH",
+             "CUDA_VISIBLE_DEVICES")
+# gfx targets that ROCm supports officially (data-centre Instinct and recent Radeon); others may need an override
+ROCM_SUPPORTED = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1200", "gfx1201", "gfx908")
+
+
+def apply_env(env: dict[str, str]) -> None:
+    """Set variables (e.g. the config's hardware.env) before torch touches the device."""
+    import os
+
+    for k, v in env.items():
+        os.environ[str(k)] = str(v)
+
+
+def _attention() -> dict[str, bool]:
+    import importlib.util
+
+    out = {"sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention"),
+           "flash_attention_2": importlib.util.find_spec("flash_attn") is not None,
+           "eager": True}
+    if torch.cuda.is_available():
+        out["sdpa_flash_kernel"] = bool(torch.backends.cuda.flash_sdp_enabled())
+    return out
+
+
+def doctor() -> dict:
+    """Everything a user needs to know about this machine before training, with advice."""
+    import os
+    import platform
+
+    report: dict = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_hip": getattr(torch.version, "hip", None),
+        "torch_cuda": torch.version.cuda,
+        "selected": detect().as_dict(),
+        "devices": [],
+        "attention": _attention(),
+        "env": {k: os.environ[k] for k in ROCM_VARS if k in os.environ},
+        "advice": [],
+    }
+    hip = report["torch_hip"]
+    if torch.cuda.is_available():
+        for i in range(torch.cuda.device_count()):
+            p = torch.cuda.get_device_properties(i)
+            arch = getattr(p, "gcnArchName", None) if hip else f"sm_{p.major}{p.minor}"
+            report["devices"].append({
+                "index": i, "name": p.name, "memory_gib": round(p.total_memory / 2**30, 1), "arch": arch,
+                "bf16": _cuda_bf16(i), "fp16": True,
+            })
+            if hip and arch and arch.split(":")[0] not in ROCM_SUPPORTED and "HSA_OVERRIDE_GFX_VERSION" not in os.environ:
+                report["advice"].append(f"GPU {i} ({arch}) is not an officially supported ROCm target: if kernels fail, "
+                                        "try HSA_OVERRIDE_GFX_VERSION for the nearest supported target (consumer cards only).")
+            if hip and arch and arch.startswith("gfx942") and "HSA_OVERRIDE_GFX_VERSION" in os.environ:
+                report["advice"].append("MI300X (gfx942) is supported natively: unset HSA_OVERRIDE_GFX_VERSION.")
+    elif torch.backends.mps.is_available():
+        report["devices"].append({"index": 0, "name": "Apple MPS", "arch": "mps", "bf16": False, "fp16": True})
+    else:
+        report["devices"].append({"index": 0, "name": platform.processor() or platform.machine(), "arch": platform.machine(),
+                                  "threads": torch.get_num_threads(), "bf16": False, "fp16": False})
+        report["advice"].append("No GPU: training runs in fp32 on the CPU (bf16 matmul is ~100x slower without bf16 "
+                                "hardware). Fine for the quickstart and tests; use a GPU for the Qwen3-1.7B recipe.")
+    if hip and "CUDA_VISIBLE_DEVICES" in os.environ and "HIP_VISIBLE_DEVICES" not in os.environ:
+        report["advice"].append("On ROCm prefer HIP_VISIBLE_DEVICES (CUDA_VISIBLE_DEVICES is honoured too, but "
+                                "ROCR_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES are what ROCm tools read).")
+    if report["devices"] and not report["attention"]["flash_attention_2"] and torch.cuda.is_available():
+        report["advice"].append("flash-attn is not installed: SDPA is used (fine); install flash-attn for "
+                                "padding-free training with the flash_attention_2 implementation.")
+    return report
+
+
+def format_doctor(r: dict) -> str:
+    lines = [f"torch {r['torch']}" + (f" (ROCm/HIP {r['torch_hip']})" if r["torch_hip"] else "")
+             + (f" (CUDA {r['torch_cuda']})" if r["torch_cuda"] else ""),
+             f"selected: {r['selected']['backend']} {r['selected']['device']} ({r['selected']['name']}), "
+             f"training dtype {r['selected']['dtype']}"]
+    for d in r["devices"]:
+        mem = f", {d['memory_gib']} GiB" if "memory_gib" in d else ""
+        lines.append(f"  device {d['index']}: {d['name']} [{d['arch']}]{mem}, bf16 {'yes' if d['bf16'] else 'no'}, "
+                     f"fp16 {'yes' if d['fp16'] else 'no'}")
+    lines.append("attention: " + ", ".join(k for k, v in r["attention"].items() if v))
+    lines.append("environment: " + (", ".join(f"{k}={v}" for k, v in r["env"].items()) or "no ROCm/CUDA device variables set"))
+    lines += [f"advice: {a}" for a in r["advice"]]
+    return "\n".join(lines)

@@ -152,6 +152,10 @@ def load_model(cfg: ModelConfig, hw: Hardware | None = None, with_adapter: bool 
     tok = load_tokenizer(cfg.name, cfg)
     if with_adapter and cfg.adapter:
         model = load_adapter(model, cfg.adapter, cfg.allow_pickle)
+    from medqa.calibrate import load_calibration
+
+    # temperature and abstention threshold fitted after training, used wherever probabilities are shown
+    model.medqa_calibration = load_calibration(cfg.adapter if with_adapter else None)
     model.eval()
     return model, tok
 

@@ -15,6 +15,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from medqa.calibrate import (
+    abstain_threshold,
+    apply_temperature,
+    augment_options,
+    fit_temperature,
+    load_calibration,
+    nll,
+    save_calibration,
+)
 from medqa.config import DataConfig, RunConfig, build_config
 from medqa.data import hash_order, load_dataset_config
 from medqa.errors import DataError
@@ -37,7 +46,8 @@ def _describe_data(d: DataConfig) -> str:
     return what
 
 
-def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, data: DataConfig, out: Path, progress: bool) -> dict[str, Any]:
+def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, data: DataConfig, out: Path, progress: bool,
+              calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     records, report = load_dataset_config(data, default_split="validation")
     fmt = PromptFormat(tokenizer, cfg.eval.protocol, shots=few_shot_examples(cfg, records))
     meta = {
@@ -52,7 +62,8 @@ def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, data: DataConfig, out:
     return evaluate(model, fmt, records, out, batch_size=cfg.eval.batch_size, meta=meta,
                     low_confidence=cfg.eval.low_confidence, progress=progress,
                     permutations=cfg.eval.permutations, generate=cfg.eval.generate,
-                    max_new_tokens=cfg.eval.max_new_tokens)
+                    max_new_tokens=cfg.eval.max_new_tokens,
+                    calibration=calibration if calibration is not None else load_calibration(cfg.model.adapter))
 
 
 def few_shot_examples(cfg: RunConfig, eval_records: list[Any]) -> list[Any]:
@@ -80,11 +91,11 @@ def evaluation_sets(cfg: RunConfig, include_data: bool) -> dict[str, DataConfig]
 
 
 def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataConfig], out: Path,
-               progress: bool) -> dict[str, Any]:
+               progress: bool, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """One set: its summary, written to `out`. Several: each in `out/NAME`, pooled summary in `out`."""
     if len(sets) == 1:
-        return _eval_one(model, tokenizer, cfg, next(iter(sets.values())), out, progress)
-    results = {name: _eval_one(model, tokenizer, cfg, d, out / name, progress) for name, d in sets.items()}
+        return _eval_one(model, tokenizer, cfg, next(iter(sets.values())), out, progress, calibration)
+    results = {name: _eval_one(model, tokenizer, cfg, d, out / name, progress, calibration) for name, d in sets.items()}
     if _rank() != 0:
         return results
     agg = aggregate_accuracy(results)
@@ -181,20 +192,70 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
         records, result["leakage"] = remove_leakage(records, held)
         if not records:
             raise DataError("data", None, None, "every training question also occurs in the evaluation data")
+    records, calib_records = calibration_split(cfg, records)
+    records, result["augmentation"] = augment_options(records, cfg.train.augment_copies, cfg.train.seed)
     model, tokenizer = load_model(cfg.model, hw, with_adapter=False)
     out = Path(cfg.out)
     if eval_before and sets:
-        result["before"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_before", progress)
+        result["before"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_before", progress,
+                                      calibration={"temperature": 1.0, "abstain_threshold": None})
     if cfg.model.adapter:  # continue training an existing adapter
         model = load_adapter(model, cfg.model.adapter, cfg.model.allow_pickle, trainable=True)
     else:
         model = apply_lora(model, cfg.lora)
     result["model"] = describe(model)
     result["train"] = train(cfg, model, tokenizer, records, hw, progress=progress)
+    result["calibration"] = fit_calibration(model, tokenizer, cfg, calib_records, Path(result["train"]["adapter"]), progress)
     if sets:
-        result["after"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_after", progress)
+        result["after"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_after", progress, result["calibration"])
     atomic_write_json(out / "run_summary.json", result)
     return result
+
+
+def calibration_split(cfg: RunConfig, records: list[Any]) -> tuple[list[Any], list[Any]]:
+    """Hold out calibration questions (seeded) from the training records: (train, calibration)."""
+    n = cfg.train.calibration_size
+    if n is None:
+        n = min(500, len(records) // 10)
+    if n == 0:
+        return records, []
+    if n >= len(records):
+        raise DataError("train", None, "calibration_size", f"{n} calibration questions leave none of {len(records)} to train on")
+    ordered = hash_order(records, cfg.train.seed + 1)
+    return ordered[n:], ordered[:n]
+
+
+def fit_calibration(model: Any, tokenizer: Any, cfg: RunConfig, records: list[Any], adapter_dir: Path,
+                    progress: bool) -> dict[str, Any]:
+    """Fit the temperature and the abstention threshold on the calibration split; save them with the adapter."""
+    import numpy as np
+
+    from medqa.evaluate import expected_calibration_error, score_records
+
+    if not records:
+        info: dict[str, Any] = {"temperature": 1.0, "abstain_threshold": None, "n": 0}
+    else:
+        fmt = PromptFormat(tokenizer, cfg.eval.protocol)
+        raw = score_records(model, fmt, records, cfg.eval.batch_size, progress, desc="calibration")
+        answers = [r.answer for r in records]
+        t = fit_temperature(raw, answers)
+        scaled = apply_temperature(raw, t)
+        correct = np.array([int(np.argmax(p)) == a for p, a in zip(raw, answers)], dtype=float)
+        ece = lambda ps: expected_calibration_error(np.array([p.max() for p in ps]), correct)  # noqa: E731
+        conf = np.array([p.max() for p in scaled])
+        info = {
+            "temperature": t,
+            "abstain_threshold": abstain_threshold(conf, correct, cfg.eval.target_accuracy),
+            "target_accuracy": cfg.eval.target_accuracy,
+            "n": len(records),
+            "ids": [r.id for r in records],
+            "accuracy": float(correct.mean()),
+            "nll_before": nll(raw, answers), "nll_after": nll(raw, answers, t),
+            "ece_before": ece(raw), "ece_after": ece(scaled),
+        }
+    if _rank() == 0:
+        save_calibration(adapter_dir, info)
+    return info
 
 
 def quickstart_config_path() -> Path:

@@ -1,0 +1,101 @@
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+
+from medqa.calibrate import (
+    abstain_threshold,
+    apply_temperature,
+    augment_options,
+    fit_temperature,
+    load_calibration,
+    refers_to_positions,
+    risk_coverage,
+)
+from medqa.data import MCQRecord, load_demo
+from medqa.evaluate import expected_calibration_error
+
+
+def test_augmentation_keeps_every_gold_option_and_balances_letters():
+    records = [r.model_copy(update={"answer": 0, "options": [r.options[r.answer]] + [o for i, o in enumerate(r.options) if i != r.answer]})
+               for r in load_demo()[:100]]  # every gold is "A": the letter prior to unlearn
+    out, info = augment_options(records, copies=1, seed=7)
+    assert len(out) == 100 and info["gold_before"] == {"A": 100}
+    for a, b in zip(records, out):
+        assert b.options[b.answer] == a.options[a.answer] and sorted(b.options) == sorted(a.options)
+    assert Counter(r.answer_letter for r in out) == {"A": 25, "B": 25, "C": 25, "D": 25}
+    again, _ = augment_options(records, copies=1, seed=7)
+    assert [r.options for r in again] == [r.options for r in out]  # seeded
+    two, info2 = augment_options(records, copies=2, seed=7)
+    assert len(two) == 200 and len({r.id for r in two}) == 200
+    assert set(info2["gold_after"].values()) == {50}
+    assert augment_options(records, copies=0)[0] == records
+
+
+def test_options_that_point_at_other_options_keep_their_order():
+    r = MCQRecord(id="x", question="q", options=["Fever", "Rash", "Both A and B", "None of the above"], answer=2)
+    assert refers_to_positions(r)
+    out, info = augment_options([r], copies=1, seed=0)
+    assert out[0] == r and info["kept_order"] == 1
+    plain = MCQRecord(id="y", question="q", options=["Femur", "Tibia", "Ulna", "Radius"], answer=1)
+    assert not refers_to_positions(plain)
+
+
+def test_temperature_fitting_lowers_ece_on_a_miscalibrated_case():
+    rng = np.random.default_rng(0)
+    # an overconfident model: right 60 % of the time, but says 0.97 every time
+    answers = list(rng.integers(0, 4, 400))
+    probs = []
+    for a in answers:
+        pred = a if rng.random() < 0.6 else (a + 1) % 4
+        p = np.full(4, 0.01)
+        p[pred] = 0.97
+        probs.append(p)
+    correct = np.array([int(np.argmax(p)) == a for p, a in zip(probs, answers)], dtype=float)
+    ece = lambda ps: expected_calibration_error(np.array([p.max() for p in ps]), correct)  # noqa: E731
+    t = fit_temperature(probs, answers)
+    assert t > 1.5  # softens
+    scaled = apply_temperature(probs, t)
+    assert ece(scaled) < ece(probs) / 3
+    assert [int(np.argmax(p)) for p in scaled] == [int(np.argmax(p)) for p in probs]  # accuracy unchanged
+    assert apply_temperature(probs, 1.0)[0].tolist() == probs[0].tolist()
+
+
+def test_risk_coverage_hand_worked():
+    conf = np.array([0.9, 0.8, 0.7, 0.6])
+    correct = np.array([1.0, 0.0, 1.0, 0.0])
+    rc = risk_coverage(conf, correct, coverages=(1.0, 0.5))
+    # kept answers' accuracy: 1/1, 1/2, 2/3, 2/4 -> risks 0, 1/2, 1/3, 1/2 -> AURC = (0 + .5 + .3333 + .5) / 4
+    assert rc["accuracy"] == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
+    assert rc["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
+    assert rc["accuracy_at_coverage"] == {"100%": 0.5, "50%": 0.5}
+    assert abstain_threshold(conf, correct, 0.65) == 0.7  # keeping the top 3 reaches 2/3
+    assert abstain_threshold(conf, correct, 1.0) == 0.9
+    assert abstain_threshold(np.array([0.9]), np.array([0.0]), 0.5) is None
+
+
+def test_calibration_file_round_trip(tmp_path):
+    assert load_calibration(None) == {"temperature": 1.0, "abstain_threshold": None}
+    assert load_calibration(tmp_path)["temperature"] == 1.0
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 2.5, "abstain_threshold": 0.4}))
+    assert load_calibration(tmp_path) == {"temperature": 2.5, "abstain_threshold": 0.4}
+
+
+def test_predict_applies_the_saved_calibration(qwen_dir, tmp_path):
+    from medqa.config import LoraSettings, ModelConfig
+    from medqa.modeling import apply_lora, load_model
+    from medqa.predict import answer
+
+    model, tok = load_model(ModelConfig(name=str(qwen_dir)))
+    apply_lora(model, LoraSettings()).save_pretrained(tmp_path)
+    q, opts = "Which is the pacemaker of the heart?", ["SA node", "AV node", "Purkinje fibres", "Bundle of His"]
+    plain, _ = load_model(ModelConfig(name=str(qwen_dir), adapter=str(tmp_path)))
+    p1 = answer(plain, tok, q, opts, explain=False)
+    (tmp_path / "calibration.json").write_text(json.dumps({"temperature": 0.05, "abstain_threshold": 0.99}))
+    calibrated, _ = load_model(ModelConfig(name=str(qwen_dir), adapter=str(tmp_path)))
+    p2 = answer(calibrated, tok, q, opts, explain=False)
+    assert p2.letter == p1.letter
+    assert p2.confidence > p1.confidence  # T < 1 sharpens
+    assert p2.threshold == 0.99 and p1.threshold == 0.5  # the fitted abstention threshold is the default
+    assert answer(calibrated, tok, q, opts, threshold=0.1, explain=False).threshold == 0.1

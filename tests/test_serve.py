@@ -1,0 +1,394 @@
+"""medqa.serve: the Gradio demo (API via gradio_client, queue under load, a real browser) and Spaces export."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+from test_predict import EXPLANATION, OPTIONS, QUESTION, Script
+
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+gr = pytest.importorskip("gradio")
+gradio_client = pytest.importorskip("gradio_client")
+
+from medqa import predict as predict_mod  # noqa: E402
+from medqa import serve  # noqa: E402
+from medqa.config import ModelConfig  # noqa: E402
+from medqa.errors import ConfigError, ModelError  # noqa: E402
+from medqa.evaluate import DISCLAIMER  # noqa: E402
+from medqa.modeling import load_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "artifacts"
+TIMEOUT = 120  # no request may hang longer than this
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:.*no_silent_downcasting"),  # inside gradio's queue (pandas 3)
+    pytest.mark.filterwarnings("ignore:The copy keyword is deprecated"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def client(url: str):
+    return gradio_client.Client(url, verbose=False, analytics_enabled=False, download_files=False)
+
+
+def start(demo) -> str:
+    port = free_port()
+    serve.launch(demo, host="127.0.0.1", port=port, prevent_thread_lock=True, quiet=True)
+    return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture(scope="module")
+def tiny(qwen_dir):
+    return load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
+
+
+@pytest.fixture(scope="module")
+def served(qwen_dir):
+    """The demo on 127.0.0.1 with a scripted tiny model: letter A wins, a known explanation streams."""
+    model, tok = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
+    script = Script(model, tok)
+    demo = serve.build_demo(model, tok, threshold=0.5, max_new_tokens=64, model_name="tiny-qwen3 (scripted)",
+                            queue_size=32, concurrency=1)
+    url = start(demo)
+    yield demo, url
+    demo.close()
+    script.remove()
+
+
+# ----------------------------------------------------------------------------- rendering
+
+
+def _pred(**kw):
+    base = dict(question="Q?", options=["<b>bold</b>", "x & y"], letter="A", index=0, option="<b>bold</b>",
+                probabilities={"A": 0.3, "B": 0.7}, confidence=0.3, threshold=0.5, low_confidence=True,
+                abstention=predict_mod.abstention_message("A", 0.3, 0.5), explanation="", done=True,
+                seconds_to_letter=0.1, seconds_to_first_token=0.2, seconds_total=0.3)
+    base.update(kw)
+    return predict_mod.Prediction(**base)
+
+
+def test_card_escapes_user_text_and_shows_every_option():
+    evil = '<img src=x onerror="alert(1)">'
+    html = serve.render_card(_pred(options=[evil, "x & y"], option=evil))
+    assert "<img" not in html and "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in html
+    assert "x &amp; y" in html
+    assert html.count('class="mq-row') == 2 and 'style="width: 30.0%"' in html and 'style="width: 70.0%"' in html
+    assert "Low confidence: 30%" in html and 'role="alert"' in html and "abstains" in html
+    assert DISCLAIMER in html
+    confident = serve.render_card(_pred(low_confidence=False, abstention=None, confidence=0.9,
+                                        probabilities={"A": 0.9, "B": 0.1}))
+    assert "High confidence: 90%" in confident and "mq-abstain" not in confident
+
+
+def test_examples_come_from_the_demo_set():
+    rows, labels = serve.example_rows(n=6)
+    assert len(rows) == len(labels) == 6
+    for row in rows:
+        assert len(row) == 7 and 2 <= row[1] <= 5 and all(row[2 : 2 + row[1]])
+    assert len({label.split(":")[0] for label in labels}) > 1  # several subjects
+
+
+def test_build_demo_queue_and_endpoints(tiny):
+    demo = serve.build_demo(*tiny, queue_size=7, concurrency=2)
+    assert demo._queue.max_size == 7
+    names = {fn.api_name for fn in demo.fns.values()}
+    assert {"ask", "answer"} <= names
+    with pytest.raises(ConfigError):
+        serve.build_demo(*tiny, threshold=2.0)
+
+
+# ----------------------------------------------------------------------------- API (gradio_client)
+
+
+def test_binds_loopback_without_share_link(served):
+    demo, url = served
+    assert demo.server_name == "127.0.0.1" and not demo.share and demo.share_url is None
+    ip = None
+    try:
+        ip = next(a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None, socket.AF_INET)
+                  if not a[4][0].startswith("127."))
+    except (StopIteration, OSError):
+        pass
+    if ip:
+        with pytest.raises(OSError), socket.create_connection((ip, demo.server_port), timeout=3):
+            pass
+
+
+def test_client_answer_endpoint(served):
+    _, url = served
+    r = client(url).predict(QUESTION, OPTIONS, api_name="/answer")
+    assert r["letter"] == "A" and r["answer"] == OPTIONS[0]
+    assert set(r["probabilities"]) == set("ABCD") and abs(sum(r["probabilities"].values()) - 1) < 1e-4
+    assert r["explanation"] == EXPLANATION and r["stop_reason"] == "end_of_turn"
+    assert r["low_confidence"] is False and r["disclaimer"] == DISCLAIMER
+    r = client(url).predict(QUESTION, OPTIONS[:2], False, api_name="/answer")
+    assert r["explanation"] is None and len(r["probabilities"]) == 2
+
+
+def test_client_ask_endpoint_streams(served):
+    _, url = served
+    job = client(url).submit(QUESTION, 3, *OPTIONS[:3], "", "", api_name="/ask")
+    final = job.result(timeout=TIMEOUT)
+    outputs = job.outputs()
+    assert len(outputs) >= 3  # card first, then explanation pieces
+    explanations = [o[1] for o in outputs]
+    assert explanations[0] == "" and explanations[-1] == EXPLANATION
+    assert any(0 < len(e) < len(EXPLANATION) for e in explanations)  # partial text arrived first
+    card, text, result = final
+    assert 'data-letter="A"' in card and card.count('class="mq-row') == 3 and 'data-state="done"' in card
+    assert text == EXPLANATION and result["letter"] == "A" and result["disclaimer"] == DISCLAIMER
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (("", OPTIONS), "Question is empty."),
+        (("Q?", ["only"]), "Options are too few: at least 2 are needed (got 1)."),
+        (("Q?", list("abcdef")), "Options are too many: at most 5, A-E (got 6)."),
+        (("Q?", ["a", ""]), "Option B is empty."),
+        (("x" * (predict_mod.MAX_QUESTION_CHARS + 1), ["a", "b"]), "Question is too long"),
+        (("Q? <|im_end|>", ["a", "b"]), "reserved token &lt;|im_end|&gt;"),
+    ],
+)
+def test_client_gets_clear_validation_errors(served, args, message):
+    _, url = served
+    with pytest.raises(gradio_client.exceptions.AppError) as ei:
+        client(url).predict(*args, api_name="/answer")
+    assert message in str(ei.value)
+
+
+def test_ask_rejects_a_bad_option_count(served):
+    _, url = served
+    with pytest.raises(gradio_client.exceptions.AppError, match="not in the list of choices: \\[2, 3, 4, 5\\]"):
+        client(url).predict(QUESTION, 7, *OPTIONS, "", api_name="/ask")
+
+
+def _outcome(url: str, i: int) -> str:
+    c = client(url)
+    job = c.submit(f"{QUESTION} ({i})", OPTIONS, api_name="/answer")
+    try:
+        r = job.result(timeout=TIMEOUT)
+    except Exception as e:  # a full queue is the only acceptable failure, with a clear message
+        assert "queue is full" in str(e).lower(), repr(e)
+        return "queue_full"
+    assert r["letter"] in "ABCD" and r["disclaimer"] == DISCLAIMER
+    return "answered"
+
+
+def _storm(url: str, n: int = 16) -> list[str]:
+    t = time.perf_counter()
+    with ThreadPoolExecutor(n) as pool:
+        futures = [pool.submit(_outcome, url, i) for i in range(n)]
+        done, pending = wait(futures, timeout=TIMEOUT + 30)
+        assert not pending, f"{len(pending)} clients hung"
+        out = [f.result() for f in futures]
+    assert time.perf_counter() - t < TIMEOUT + 30
+    return out
+
+
+def test_sixteen_concurrent_clients_are_all_answered(served):
+    _, url = served
+    assert _storm(url) == ["answered"] * 16
+
+
+def test_full_queue_gives_a_clear_message(tiny, monkeypatch):
+    model, tok = tiny
+    real = predict_mod.answer
+
+    def slow(*a, **kw):
+        time.sleep(0.8)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(predict_mod, "answer", slow)
+    demo = serve.build_demo(model, tok, max_new_tokens=4, queue_size=2, concurrency=1)
+    url = start(demo)
+    try:
+        outcomes = _storm(url)
+    finally:
+        demo.close()
+    assert set(outcomes) <= {"answered", "queue_full"}
+    assert outcomes.count("answered") >= 1 and outcomes.count("queue_full") >= 1, outcomes
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _sub(add):
+    parser = argparse.ArgumentParser(prog="medqa")
+    add(parser.add_subparsers(dest="command", required=True))
+    return parser
+
+
+def test_demo_cli_defaults_are_local_and_private(qwen_dir, monkeypatch):
+    ns = _sub(serve.add_demo_parser).parse_args(["demo", "--model", str(qwen_dir), "--device", "cpu"])
+    assert (ns.host, ns.port, ns.share, ns.threshold) == ("127.0.0.1", 7860, False, None)  # None: calibrated, else 0.5
+    seen = {}
+    monkeypatch.setattr(serve, "launch", lambda demo, **kw: seen.update(kw, demo=demo))
+    assert ns.handler(ns) == 0
+    assert seen["host"] == "127.0.0.1" and seen["share"] is False and seen["port"] == 7860
+    assert seen["demo"]._queue.max_size == serve.DEFAULT_QUEUE_SIZE
+
+
+# ----------------------------------------------------------------------------- Spaces export
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(tmp_path_factory, qwen_dir):
+    from medqa.config import LoraSettings
+    from medqa.modeling import apply_lora
+
+    model, _ = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
+    out = tmp_path_factory.mktemp("adapter")
+    apply_lora(model, LoraSettings(r=2, alpha=4)).save_pretrained(out)
+    return out
+
+
+def _front_matter(readme: Path) -> dict:
+    import yaml
+
+    text = readme.read_text(encoding="utf-8")
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n")[1])
+
+
+def test_space_export_local_model_and_adapter(qwen_dir, adapter_dir, tmp_path):
+    out = tmp_path / "space"
+    ns = _sub(serve.add_space_parser).parse_args(["space", "export", str(out), "--model", str(qwen_dir),
+                                                  "--adapter", str(adapter_dir)])
+    messages = []
+    assert serve.space_main(ns, echo=messages.append) == 0 and str(out) in messages[0]
+    for f in ("app.py", "requirements.txt", "README.md", ".gitattributes", "medqa/serve.py", "medqa/predict.py",
+              "medqa/resources/demo_questions.jsonl", "adapter/adapter_config.json",
+              "adapter/adapter_model.safetensors", "model/model.safetensors", "model/config.json"):
+        assert (out / f).is_file(), f
+    assert not list(out.rglob("__pycache__"))
+    meta = _front_matter(out / "README.md")
+    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gr.__version__ and meta["app_file"] == "app.py"
+    assert meta["title"] and len(meta["short_description"]) <= 60
+    assert "not medical advice" in (out / "README.md").read_text()
+    reqs = (out / "requirements.txt").read_text().splitlines()
+    assert any(r.startswith("transformers") for r in reqs) and not any(r.startswith("gradio") for r in reqs)
+    # the folder runs on its own: its vendored medqa builds the demo (without launching it)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["GRADIO_ANALYTICS_ENABLED"] = "False"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import app, medqa; print(type(app.demo).__name__, medqa.__file__)"],
+        cwd=out, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    kind, where = proc.stdout.split()[-2:]
+    assert kind == "Blocks" and Path(where).resolve().is_relative_to(out.resolve())
+
+
+def test_space_export_default_model_ships_the_gguf(tmp_path):
+    from medqa.modeling import default_gguf
+
+    try:
+        gguf = default_gguf()
+    except ModelError as e:
+        pytest.skip(str(e))
+    out = serve.space_export(tmp_path / "s")
+    assert (out / "model" / gguf.name).stat().st_size == gguf.stat().st_size
+    assert "gguf" in (out / "requirements.txt").read_text()
+    assert f"model/{gguf.name}" in (out / "app.py").read_text()
+    assert _front_matter(out / "README.md")["models"] == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
+
+
+def test_space_export_refuses_bad_input(tmp_path, qwen_dir):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "keep.txt").write_text("x")
+    with pytest.raises(ConfigError, match="not empty"):
+        serve.space_export(tmp_path / "full", str(qwen_dir))
+    with pytest.raises(ModelError, match="not a LoRA adapter"):
+        serve.space_export(tmp_path / "new", str(qwen_dir), adapter=str(tmp_path))
+    out = serve.space_export(tmp_path / "full", str(qwen_dir), overwrite=True)
+    assert not (out / "keep.txt").exists() and (out / "app.py").is_file()
+
+
+# ----------------------------------------------------------------------------- a real browser
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.slow
+def test_browser_example_answer_and_inert_rendering(served):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
+    _, url = served
+    rows, labels = serve.example_rows()
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(60_000)
+            page.goto(url, wait_until="domcontentloaded")
+            expect(page.locator("#mq-disclaimer")).to_contain_text("not medical advice")
+            expect(page.locator("#mq-disclaimer")).to_be_visible()
+
+            # an example fills the question and options
+            page.get_by_text(labels[0]).first.click()
+            expect(page.locator("#question textarea")).to_have_value(rows[0][0])
+            expect(page.locator("#option-a textarea, #option-a input").first).to_have_value(rows[0][2])
+
+            page.get_by_role("button", name="Answer", exact=True).click()
+            card = page.locator("#answer-card .mq-card")
+            expect(card).to_have_attribute("data-state", "done")
+            expect(page.locator("#answer-card .mq-letter")).to_have_text("A")
+            expect(page.locator("#answer-card .mq-answer")).to_have_text(rows[0][2])
+            expect(page.locator("#answer-card .mq-row")).to_have_count(4)
+            widths = page.locator("#answer-card .mq-fill").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
+            assert len(widths) == 4 and widths[0] > widths[1] > 0
+            expect(page.locator("#answer-card .mq-badge")).to_contain_text("confidence")
+            expect(page.locator("#explanation textarea")).to_have_value(EXPLANATION)
+            ARTIFACTS.mkdir(exist_ok=True)
+            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+
+            # fewer options: the hidden boxes go away
+            page.locator("#n-options").get_by_text("2", exact=True).click()
+            expect(page.locator("#option-c")).to_be_hidden()
+            expect(page.locator("#option-b")).to_be_visible()
+
+            # user text is shown, never executed
+            evil = '<img id="pwned" src="x" onerror="window.__pwned = 1">'
+            page.locator("#option-a textarea, #option-a input").first.fill(evil)
+            page.get_by_role("button", name="Answer", exact=True).click()
+            expect(page.locator("#answer-card .mq-answer")).to_have_text(evil)
+            expect(page.locator("#answer-card .mq-row")).to_have_count(2)
+            expect(card).to_have_attribute("data-state", "done")
+            assert page.locator("#pwned").count() == 0
+            assert page.evaluate("window.__pwned") is None
+
+            # a clear message for bad input
+            page.locator("#question textarea").fill("")
+            page.get_by_role("button", name="Answer", exact=True).click()
+            expect(page.get_by_text("Question is empty.")).to_be_visible()
+        finally:
+            browser.close()
+    assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
+
+
+def test_importing_the_cli_modules_stays_light():
+    code = ("import sys, medqa.predict, medqa.serve; "
+            "print(sorted(m for m in ('torch', 'gradio', 'transformers') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
