@@ -87,6 +87,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--lm-eval-batch-sizes", default="8,32", help="comma-separated; empty to skip lm-eval")
+    ap.add_argument("--sweep", default="", help="only time the scorer (lm-eval prompt) at these batch sizes, e.g. 4,8,16")
     args = ap.parse_args()
 
     records, _ = load_medmcqa(args.data)
@@ -98,6 +99,13 @@ def main() -> None:
           f"torch threads {torch.get_num_threads()}")
 
     score_records(model, fmt, records[:8], progress=False)  # warm-up
+    if args.sweep:
+        lm = PromptFormat(tok, "lm-eval")
+        for bs in [int(x) for x in args.sweep.split(",")]:
+            t = time.perf_counter()
+            score_records(model, lm, records, batch_size=bs, progress=False)
+            print(f"scorer, lm-eval prompt, batch {bs:3d}: {len(records) / (time.perf_counter() - t):6.2f} q/s")
+        return
     t = time.perf_counter()
     probs = score_records(model, fmt, records, batch_size=args.batch_size, progress=False)
     ours_s = time.perf_counter() - t
