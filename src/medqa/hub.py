@@ -621,6 +621,17 @@ def build_model_card(
             f"- Hardware: {hw.get('name', 'unknown')}" + (f" ({backend})" if backend != hw.get("name") else "")
             + f", {ts.get('dtype', hw.get('dtype', ''))}",
         ]
+    aug, cal = rs.get("augmentation") or {}, rs.get("calibration") or {}
+    if aug.get("copies"):
+        lines += [f"- Option-order augmentation: {aug['copies']} permuted cop{'y' if aug['copies'] == 1 else 'ies'} per "
+                  f"question; gold letters seen in training {aug.get('gold_after')} (before: {aug.get('gold_before')})"]
+    if cal.get("n"):
+        thr = cal.get("abstain_threshold")
+        lines += [f"- Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n']} held-out training questions "
+                  f"(ECE {cal.get('ece_before', 0):.3f} → {cal.get('ece_after', 0):.3f}), saved in `calibration.json`; "
+                  + (f"MedQA abstains below confidence {thr:.2f} (target accuracy {cal.get('target_accuracy')})"
+                     if thr is not None else "no confidence threshold reached the target accuracy, so answers are "
+                     "only flagged below 50 %")]
     lines += [f"- {versions_label}: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
 
     lines += [

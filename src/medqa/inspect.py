@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from medqa.data import LETTERS, MCQRecord
+from medqa.format import user_message
 from medqa.hygiene import count_duplicates, cross_subject_duplicates, find_leakage
 from medqa.io import atomic_write_bytes
 
@@ -39,24 +40,18 @@ def _percentiles(values: Sequence[int]) -> dict[str, float]:
             "p99": round(float(p99), 1), "max": int(a.max())}
 
 
-def full_text(rec: MCQRecord) -> str:
-    from medqa.format import user_message
-
-    text = user_message(rec) + f"\n\nAnswer: {LETTERS[rec.answer]}. {rec.options[rec.answer]}"
-    if rec.explanation:
-        text += f"\nExplanation: {rec.explanation}"
-    return text
-
-
 def token_lengths(records: Sequence[MCQRecord], tokenizer: Any, batch_size: int = 1024) -> tuple[list[int], list[int]]:
-    """(prompt lengths, full lengths) in tokens, no special tokens, batched for fast tokenizers."""
-    from medqa.format import user_message
+    """(prompt lengths, full lengths) in tokens as the model sees them: the chat-template prompt, then
+    prompt + training target (answer, explanation, end of turn). Batched for fast tokenizers."""
+    from medqa.format import PromptFormat
 
+    fmt = PromptFormat(tokenizer, "chat")
     prompt: list[int] = []
     full: list[int] = []
     for start in range(0, len(records), batch_size):
         chunk = records[start : start + batch_size]
-        for texts, out in (([user_message(r) for r in chunk], prompt), ([full_text(r) for r in chunk], full)):
+        prompts = [fmt.prompt(r) for r in chunk]
+        for texts, out in ((prompts, prompt), ([p + fmt.target(r) for p, r in zip(prompts, chunk)], full)):
             ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
             out += [len(x) for x in ids]
     return prompt, full
@@ -132,8 +127,8 @@ def inspect_records(
         unit = "tokens (full training text)"
     else:
         for s, recs in splits.items():
-            hist[s] = [len(full_text(r)) for r in recs]
-        unit = "characters (full training text)"
+            hist[s] = [len(user_message(r)) + len(r.options[r.answer]) + len(r.explanation or "") for r in recs]
+        unit = "characters (question, options, answer and explanation)"
     if png_path is not None:
         out["png"] = str(write_histogram(hist, png_path, unit))
     return out
