@@ -27,6 +27,21 @@ from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 DISCLAIMER = "MedQA is a study aid, not a clinician: its answers are not medical advice."
 
 
+def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
+    """Yield (indices, input_ids, attention_mask): longest prompts first, left-padded so every row ends
+    at the last column (where the next token is read)."""
+    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        width = max(len(encoded[i]) for i in idx)
+        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        mask = torch.zeros((len(idx), width), dtype=torch.long)
+        for row, i in enumerate(idx):
+            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
+            mask[row, width - len(encoded[i]) :] = 1
+        yield idx, ids, mask
+
+
 @torch.inference_mode()
 def score_records(
     model: Any,
@@ -39,21 +54,11 @@ def score_records(
     """Probabilities over each record's options (renormalised over the option letters)."""
     device = next(model.parameters()).device
     pad_id = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else 0
-    encoded = [fmt.encode_prompt(r) for r in records]
-    order = sorted(range(len(records)), key=lambda i: -len(encoded[i]))
     out: list[np.ndarray | None] = [None] * len(records)
     was_training = model.training
     model.eval()
     bar = tqdm(total=len(records), desc=desc, unit="q", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            seq = encoded[i]
-            ids[row, width - len(seq) :] = torch.tensor(seq)
-            mask[row, width - len(seq) :] = 1
+    for idx, ids, mask in left_padded_batches([fmt.encode_prompt(r) for r in records], batch_size, pad_id):
         pos = (mask.cumsum(-1) - 1).clamp(min=0)
         logits = model(
             input_ids=ids.to(device),
@@ -275,19 +280,11 @@ def generate_answers(
     device = next(model.parameters()).device
     stop = [i for i in {tok.convert_tokens_to_ids(fmt.end_text) if fmt.end_text in tok.get_vocab() else None,
                         tok.eos_token_id} if i is not None]
-    encoded = [fmt.encode_prompt(r) for r in records]
-    order = sorted(range(len(records)), key=lambda i: -len(encoded[i]))
     texts: list[str] = [""] * len(records)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
     bar = tqdm(total=len(records), desc="generating", unit="q", disable=not progress, leave=False)
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
+    for idx, ids, mask in left_padded_batches([fmt.encode_prompt(r) for r in records], batch_size, pad_id):
+        width = ids.shape[1]
         out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
                              do_sample=False, eos_token_id=stop, pad_token_id=pad_id)
         for row, i in enumerate(idx):
