@@ -79,3 +79,59 @@ def test_training_lowers_the_loss_on_what_it_sees(qwen_dir, tmp_path):
     train(cfg, model, tok, records, progress=False)
     # a random tiny model sits near log(vocab) = 11.9; the adapter must move it down measurably
     assert loss() < before - 0.05
+
+
+def test_last_complete_checkpoint_skips_a_torn_one(tmp_path, capsys):
+    from medqa.train import CHECKPOINT_FILES, last_complete_checkpoint
+
+    for step, files in ((2, CHECKPOINT_FILES), (4, CHECKPOINT_FILES[1:])):  # checkpoint-4 lost its state file
+        d = tmp_path / f"checkpoint-{step}"
+        d.mkdir()
+        for f in files:
+            (d / f).write_text('{"global_step": %d}' % step if f.endswith(".json") else "x")
+    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
+    assert "skipping incomplete checkpoint" in capsys.readouterr().out
+    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{not json")
+    assert last_complete_checkpoint(tmp_path) is None
+    assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_reaches_the_same_adapter(qwen_dir, tmp_path):
+    """A real training process is killed (SIGKILL) after a checkpoint; --resume finishes the run and
+    the adapter equals an uninterrupted run's."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from safetensors.torch import load_file
+
+    def cmd(out):
+        return [sys.executable, "-m", "medqa.cli", "train", "--model", str(qwen_dir), "--dataset", "demo",
+                "--data.train_size", "48", "--out", str(out), "--train.max_steps", "24", "--train.save_steps", "4",
+                "--train.batch_size", "4", "--train.grad_accum", "1", "--train.calibration_size", "0",
+                "--train.save_total_limit", "50", "--train.logging_steps", "1"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, timeout=600, env=env)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    run = tmp_path / "run"
+    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file():
+        time.sleep(0.05)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "adapter").exists()  # it really died before finishing
+    resumed = subprocess.run(cmd(run) + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resuming from" in resumed.stdout
+    a = load_file(tmp_path / "ref" / "adapter" / "adapter_model.safetensors")
+    b = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
+    assert steps == list(range(1, 25))  # every step logged once, none lost, none twice

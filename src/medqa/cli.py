@@ -27,6 +27,7 @@ SHORTCUTS = {
 }
 RAW_STRING_FIELDS = {"out", "path", "name", "adapter", "revision", "split"}
 TRAIN_SHORTCUTS = {
+    "resume": ("train.resume", "continue from the last complete checkpoint (true/false)"),
     "eval-data": ("eval_data.path", "held-out data evaluated after training"),
 }
 
@@ -34,7 +35,8 @@ TRAIN_SHORTCUTS = {
 def _add_config_flags(p: argparse.ArgumentParser, shortcuts: dict[str, tuple[str, str]]) -> None:
     p.add_argument("--config", help="YAML config file (flags override it)")
     for flag, (dest, help_) in shortcuts.items():
-        p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE", help=help_)
+        extra = {"nargs": "?", "const": "true"} if flag == "resume" else {}
+        p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE", help=help_, **extra)
     group = p.add_argument_group("config fields (any field of the YAML config)")
     for dotted, info in config_fields():
         if dotted in shortcuts:

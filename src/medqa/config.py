@@ -91,6 +91,7 @@ class TrainConfig(_Section):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(2, ge=1)
     gradient_checkpointing: bool = False
+    resume: bool = Field(False, description="continue from the last complete checkpoint in OUT/checkpoints")
     augment_copies: int = Field(
         1, ge=0, le=8, description="option-order augmentation: permuted copies per question (0: off)"
     )

@@ -181,8 +181,11 @@ def training_records(cfg: RunConfig) -> tuple[list[Any], dict[str, Any]]:
 
 def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) -> dict[str, Any]:
     """LoRA fine-tune; with `eval_data` / `eval_sets`, evaluate after (and optionally before) training."""
+    from transformers import set_seed
+
     from medqa.train import train
 
+    set_seed(cfg.train.seed)  # the LoRA initialisation too: the same config gives the same adapter
     hw = detect(cfg.model.device)
     records, result = training_records(cfg)
     sets = evaluation_sets(cfg, include_data=False)

@@ -59,6 +59,28 @@ class PadCollator:
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
 
 
+CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
+
+
+def last_complete_checkpoint(folder: Path) -> Path | None:
+    """The newest `checkpoint-N` whose files are all there and readable; an incomplete or corrupt
+    newer one (a kill during saving) is reported and skipped."""
+    if not folder.is_dir():
+        return None
+    found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                   key=lambda p: int(p.name.split("-")[-1]), reverse=True)
+    for ck in found:
+        missing = [f for f in CHECKPOINT_FILES if not (ck / f).is_file() or (ck / f).stat().st_size == 0]
+        if not missing:
+            try:
+                json.loads((ck / "trainer_state.json").read_text())
+                return ck
+            except (OSError, ValueError):
+                missing = ["trainer_state.json (unreadable)"]
+        print(f"medqa: skipping incomplete checkpoint {ck} (missing: {', '.join(missing)})", flush=True)
+    return None
+
+
 def _metrics_callback(path: Path):
     from transformers import TrainerCallback
 
@@ -120,7 +142,15 @@ def train(
         disable_tqdm=not progress,
     )
     metrics_path = out / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
+    resume_from = last_complete_checkpoint(out / "checkpoints") if tc.resume else None
+    if resume_from is None:
+        metrics_path.unlink(missing_ok=True)
+    else:  # keep the log of the steps already done, drop anything logged after that checkpoint
+        done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        kept = [x for x in (metrics_path.read_text().splitlines() if metrics_path.is_file() else [])
+                if x.strip() and json.loads(x).get("step", 0) <= done]
+        atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
+        print(f"medqa: resuming from {resume_from} (step {done})", flush=True)
     trainer = Trainer(
         model=model,
         args=args,
@@ -129,7 +159,7 @@ def train(
         callbacks=[_metrics_callback(metrics_path)],
     )
     t = time.perf_counter()
-    result = trainer.train()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t
     adapter_dir = out / "adapter"
     model.save_pretrained(str(adapter_dir))
