@@ -627,6 +627,9 @@ def build_model_card(
                   f"question; gold letters seen in training {aug.get('gold_after')} (before: {aug.get('gold_before')})"]
     if cal.get("n"):
         thr = cal.get("abstain_threshold")
+        if cal.get("temperature_at_bound") or cal["temperature"] >= 19.9:
+            lines += ["- Calibration warning: the fitted temperature sits at its search bound: on the calibration split "
+                      "the model's probabilities carry (almost) no information, so calibrated answers are near uniform"]
         lines += [f"- Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n']} held-out training questions "
                   f"(ECE {cal.get('ece_before', 0):.3f} → {cal.get('ece_after', 0):.3f}), saved in `calibration.json`; "
                   + (f"MedQA abstains below confidence {thr:.2f} (target accuracy {cal.get('target_accuracy')})"

@@ -248,6 +248,8 @@ def fit_calibration(model: Any, tokenizer: Any, cfg: RunConfig, records: list[An
         conf = np.array([p.max() for p in scaled])
         info = {
             "temperature": t,
+            # at the search bound: the split says "no confidence at all" (T -> inf) or "sharpen without limit"
+            "temperature_at_bound": not 0.051 < t < 19.9,
             "abstain_threshold": abstain_threshold(conf, correct, cfg.eval.target_accuracy),
             "target_accuracy": cfg.eval.target_accuracy,
             "n": len(records),
