@@ -23,6 +23,7 @@ def test_quickstart_reduced_budget(tmp_path, capsys):
     assert result["calibration"]["n"] == 15 and (out / "adapter" / "calibration.json").is_file()
     report = (out / "quickstart.md").read_text()
     assert "| base (zero-shot) |" in report and "| base + LoRA |" in report and "not a clinician" in report
+    assert "Gold letters seen in training" in report and "temperature" in report
     for sub in ("eval_before", "eval_after"):
         assert (out / sub / "summary.json").is_file() and (out / sub / "predictions.jsonl").is_file()
     assert (out / "adapter" / "adapter_model.safetensors").is_file()

@@ -285,6 +285,9 @@ def quickstart(out: str | None = None, overrides: dict[str, Any] | None = None, 
         f"({_describe_data(cfg.eval_data)}). Wall time {result['wall_seconds']:.0f} s on {result['train']['hardware']['name']}.\n\n"
         "The demo set is small: read the intervals before reading the difference.\n\n"
         + table
+        + f"\nGold letters seen in training: {result['augmentation']['gold_after']} after option-order augmentation "
+          f"(before: {result['augmentation']['gold_before']}). Confidence temperature "
+          f"{result['calibration']['temperature']:.2f} fitted on {result['calibration']['n']} held-out training questions.\n"
     )
     out_dir = Path(cfg.out)
     atomic_write_text(out_dir / "quickstart.md", text)
