@@ -198,3 +198,13 @@ def test_training_augments_calibrates_and_reports_selective_answering(qwen_dir, 
     ev = json.loads((tmp_path / "ev" / "summary.json").read_text())
     assert ev["calibration"]["temperature"] == pytest.approx(cal["temperature"])
     assert ev["accuracy"] == pytest.approx(after["accuracy"])
+
+
+def test_eval_on_several_sets_from_the_command_line(qwen_dir, small_jsonl, tmp_path, capsys):
+    sets = f"{{a: {{dataset: medmcqa, path: '{small_jsonl}', limit: 5}}, b: {{dataset: demo, limit: 3}}}}"
+    rc = main(["eval", "--model", str(qwen_dir), "--eval_sets", sets, "--out", str(tmp_path / "ev")])
+    assert rc == 0
+    s = json.loads((tmp_path / "ev" / "summary.json").read_text())
+    assert s["n"] == 8 and set(s["per_dataset"]) == {"a", "b"}
+    assert "2 datasets, size-weighted" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
+    assert (tmp_path / "ev" / "a" / "summary.json").is_file() and (tmp_path / "ev" / "b" / "report.md").is_file()

@@ -148,11 +148,14 @@ def _run(ns: argparse.Namespace) -> int:
     cfg = build_config(getattr(ns, "config", None), ov, base=base)
     if ns.command == "eval":
         s = recipes.run_eval(cfg)
+        if "ci95" not in s:  # a non-main rank of a data-parallel run: rank 0 reports
+            return 0
         lo, hi = s["ci95"]
+        extra = f"; ECE {s['ece']:.3f}; {s['questions_per_second']} q/s" if "ece" in s else (
+            f" ({len(s['per_dataset'])} datasets, size-weighted; macro mean {s['macro_accuracy']:.1%})")
         console.print(
             f"accuracy {s['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}) on {s['n']} questions; "
-            f"majority baseline {s['majority_baseline']:.1%}; ECE {s['ece']:.3f}; "
-            f"{s['questions_per_second']} q/s; written to {cfg.out}"
+            f"majority baseline {s['majority_baseline']:.1%}{extra}; written to {cfg.out}"
         )
         console.print(f"[yellow]{DISCLAIMER}[/yellow]")
         return 0
