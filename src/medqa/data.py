@@ -24,7 +24,7 @@ from medqa.errors import DataError
 
 LETTERS = "ABCDE"
 MEDMCQA_OPTION_KEYS = ("opa", "opb", "opc", "opd")
-LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv"}
+LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".tsv"}
 
 
 class MCQRecord(BaseModel):
@@ -84,16 +84,32 @@ class LoadReport:
 # ----------------------------------------------------------------------------- raw row readers
 
 
-def _is_local(path: str) -> bool:
+def is_local(path: str) -> bool:
     return Path(path).suffix.lower() in LOCAL_SUFFIXES or Path(path).exists()
 
 
 def iter_raw_rows(path: str, split: str | None = None) -> Iterator[tuple[int, dict[str, Any]]]:
     """Yield (row number, raw dict). Row numbers are 1-based lines for JSONL/CSV, record indexes otherwise."""
-    if _is_local(path):
+    if is_local(path):
         yield from _iter_local(Path(path))
     else:
         yield from _iter_hub(path, split or "train")
+
+
+def read_text_file(path: str | Path, allow_empty: bool = False) -> str:
+    """A UTF-8 text file (BOM tolerated), or a DataError: not found, not a file, not UTF-8, empty."""
+    p = Path(path)
+    if not p.exists():
+        raise DataError(str(path), None, None, "file not found")
+    if not p.is_file():
+        raise DataError(str(path), None, None, "not a file")
+    try:
+        text = p.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise DataError(str(path), None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not allow_empty and not text.strip():
+        raise DataError(str(path), None, None, "the file is empty")
+    return text
 
 
 def _iter_local(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -103,12 +119,7 @@ def _iter_local(p: Path) -> Iterator[tuple[int, dict[str, Any]]]:
     if suffix == ".parquet":
         yield from _iter_parquet(p)
         return
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(str(p), None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise DataError(str(p), None, None, "the file is empty")
+    text = read_text_file(p)
     if suffix == ".csv":
         yield from _iter_csv(p, text)
     elif suffix == ".json" and text.lstrip().startswith("["):

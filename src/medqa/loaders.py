@@ -48,7 +48,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from medqa.data import LETTERS, LoadReport, MCQRecord, iter_raw_rows, load_medmcqa, text_cell
+from medqa.data import (
+    LETTERS,
+    LoadReport,
+    MCQRecord,
+    is_local,
+    iter_raw_rows,
+    load_medmcqa,
+    read_text_file,
+    text_cell,
+)
 from medqa.errors import DataError
 from medqa.hygiene import text_key
 
@@ -62,7 +71,6 @@ MMLU_MEDICAL = (
 )
 PUBMEDQA_OPTIONS = ("yes", "no", "maybe")
 ANSWER_FORMATS = ("letter", "index0", "index1", "text")
-LOCAL_SUFFIXES = {".jsonl", ".json", ".parquet", ".csv", ".tsv"}
 DATASET_NAMES = ("medmcqa", "medqa-usmle", "pubmedqa", "mmlu", "csv", "jsonl", "demo")
 
 Row = str | int | None
@@ -76,23 +84,8 @@ def _check_on_bad_rows(value: str) -> None:
         raise DataError("data", None, "on_bad_rows", f"must be 'error' or 'skip', got {value!r}")
 
 
-def _is_local(path: str) -> bool:
-    return Path(path).suffix.lower() in LOCAL_SUFFIXES or Path(path).exists()
-
-
-def _read_text(path: str) -> str:
-    p = Path(path)
-    if not p.exists():
-        raise DataError(path, None, None, "file not found")
-    if not p.is_file():
-        raise DataError(path, None, None, "not a file")
-    try:
-        text = p.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as e:
-        raise DataError(path, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if not text.strip():
-        raise DataError(path, None, None, "the file is empty")
-    return text
+_is_local = is_local
+_read_text = read_text_file
 
 
 _text = text_cell

@@ -27,11 +27,10 @@ import time
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, TextIO
 
 from medqa.config import DEFAULT_MODEL
-from medqa.data import LETTERS, MCQRecord
+from medqa.data import LETTERS, MCQRecord, read_text_file
 from medqa.errors import ConfigError, DataError
 
 MAX_QUESTION_CHARS = 2000
@@ -403,13 +402,7 @@ def read_questions(path: str, stdin: TextIO | None = None) -> list[dict[str, Any
     if path == "-":
         text = (stdin or sys.stdin).read()
     else:
-        p = Path(path)
-        if not p.is_file():
-            raise DataError(source, None, None, "file not found")
-        try:
-            text = p.read_text(encoding="utf-8-sig")
-        except UnicodeDecodeError as e:
-            raise DataError(source, None, None, f"not UTF-8 text ({e.reason} at byte {e.start})") from None
+        text = read_text_file(path, allow_empty=True)  # emptiness is reported below, for stdin too
     if not text.strip():
         raise DataError(source, None, None, "no questions (empty input)")
     rows: list[tuple[int, Any]]
