@@ -81,19 +81,217 @@ def test_training_lowers_the_loss_on_what_it_sees(qwen_dir, tmp_path):
     assert loss() < before - 0.05
 
 
-def test_last_complete_checkpoint_skips_a_torn_one(tmp_path, capsys):
-    from medqa.train import CHECKPOINT_FILES, last_complete_checkpoint
+def _tiny_run(qwen_dir, out, **over):
+    ov = {"model.name": str(qwen_dir), "out": str(out), "train.max_steps": 4, "train.batch_size": 2,
+          "train.grad_accum": 1, "train.logging_steps": 1, "train.save_steps": 2, "train.save_total_limit": 10,
+          "train.report_to": []}
+    ov.update(over)
+    cfg = build_config(None, ov)
+    model, tok = load_model(cfg.model)
+    return cfg, apply_lora(model, cfg.lora), tok
 
-    for step, files in ((2, CHECKPOINT_FILES), (4, CHECKPOINT_FILES[1:])):  # checkpoint-4 lost its state file
-        d = tmp_path / f"checkpoint-{step}"
-        d.mkdir()
-        for f in files:
-            (d / f).write_text('{"global_step": %d}' % step if f.endswith(".json") else "x")
-    assert last_complete_checkpoint(tmp_path) == tmp_path / "checkpoint-2"
-    assert "skipping incomplete checkpoint" in capsys.readouterr().out
-    (tmp_path / "checkpoint-2" / "trainer_state.json").write_text("{not json")
-    assert last_complete_checkpoint(tmp_path) is None
+
+def test_last_complete_checkpoint_skips_torn_and_corrupt_ones(qwen_dir, tmp_path, capsys):
+    from medqa.train import last_complete_checkpoint
+
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "run")
+    train(cfg, model, tok, load_demo()[:8], progress=False)
+    cks = tmp_path / "run" / "checkpoints"
+    assert last_complete_checkpoint(cks) == cks / "checkpoint-4"
+    damage = {
+        "adapter truncated": lambda d: (d / "adapter_model.safetensors").write_bytes(
+            (d / "adapter_model.safetensors").read_bytes()[:-100]),
+        "optimizer garbled": lambda d: (d / "optimizer.pt").write_bytes(b"\x00garbage" * 50),
+        "state missing": lambda d: (d / "trainer_state.json").unlink(),
+        "state not json": lambda d: (d / "trainer_state.json").write_text("{not json"),
+    }
+    import shutil
+
+    pristine = tmp_path / "pristine"
+    shutil.copytree(cks / "checkpoint-4", pristine)
+    for name, hurt in damage.items():
+        shutil.rmtree(cks / "checkpoint-4")
+        shutil.copytree(pristine, cks / "checkpoint-4")
+        hurt(cks / "checkpoint-4")
+        assert last_complete_checkpoint(cks) == cks / "checkpoint-2", name
+        assert "skipping incomplete or corrupt checkpoint" in capsys.readouterr().out, name
     assert last_complete_checkpoint(tmp_path / "missing") is None
+
+
+def test_resume_falls_back_past_a_corrupt_checkpoint(qwen_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "ref")
+    train(cfg, model, tok, load_demo()[:8], progress=False)
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "run", **{"train.max_steps": 4})
+    train(cfg, model, tok, load_demo()[:8], progress=False)
+    run = tmp_path / "run"
+    (run / "checkpoints" / "checkpoint-4" / "adapter_model.safetensors").write_bytes(b"torn")
+    import shutil
+
+    shutil.rmtree(run / "adapter")
+    cfg, model, tok = _tiny_run(qwen_dir, run, **{"train.resume": True})
+    summary = train(cfg, model, tok, load_demo()[:8], progress=False)
+    assert summary["steps"] == 4
+    a = load_file(tmp_path / "ref" / "adapter" / "adapter_model.safetensors")
+    b = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_padding_free_and_target_only_losses_equal_the_plain_loss(qwen_dir, qwen_tokenizer):
+    from medqa.train import FlatCollator, target_only_loss
+
+    cfg, model, tok = _tiny_run(qwen_dir, "unused", **{"model.attn_implementation": "sdpa", "lora.dropout": 0.0})
+    model.train()
+    feats, _ = build_features(PromptFormat(tok), load_demo()[:4], 512)
+    padded, flat = PadCollator(tok.pad_token_id)(feats), FlatCollator()(feats)
+    assert flat["input_ids"].shape == (1, sum(len(f["input_ids"]) for f in feats))
+    with torch.no_grad():
+        ref = float(model(**padded, use_cache=False).loss)
+        singles = [float(model(**PadCollator(tok.pad_token_id)([f]), use_cache=False).loss) for f in feats]
+        n = [sum(1 for x in f["labels"][1:] if x != -100) for f in feats]
+        assert ref == pytest.approx(sum(s * k for s, k in zip(singles, n)) / sum(n), abs=1e-5)
+        # examples in one padding-free row do not see each other (the default use_cache=True would let them)
+        assert float(model(**flat).loss) == pytest.approx(ref, abs=1e-5)
+        assert float(target_only_loss(model, padded)) == pytest.approx(ref, abs=1e-5)
+        assert float(target_only_loss(model, flat)) == pytest.approx(ref, abs=1e-5)
+    # and the gradients agree
+    def grads(fn):
+        model.zero_grad()
+        fn().backward()
+        return {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
+
+    g_ref = grads(lambda: model(**padded, use_cache=False).loss)
+    g_new = grads(lambda: target_only_loss(model, flat))
+    assert all(torch.allclose(g_ref[k], g_new[k], atol=1e-6, rtol=1e-4) for k in g_ref)
+
+
+@pytest.mark.parametrize("batching", ["padded", "length_grouped", "padding_free"])
+def test_batching_modes_train_and_report_their_padding(qwen_dir, tmp_path, batching):
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / batching, **{
+        "train.batching": batching, "train.max_steps": -1, "train.epochs": 1, "train.batch_size": 4,
+        "model.attn_implementation": "sdpa"})
+    records = load_demo()[:48]
+    summary = train(cfg, model, tok, records, progress=False)
+    assert summary["batching"] == batching
+    assert summary["steps"] == 12 and summary["examples_per_second"] > 0
+    share = summary["non_padding_share"]
+    logs = [json.loads(x) for x in (tmp_path / batching / "metrics.jsonl").read_text().splitlines()]
+    assert all(0 < e["non_padding_share"] <= 1 for e in logs if "loss" in e)
+    assert any("tokens_per_second" in e for e in logs)
+    if batching == "padding_free":
+        assert share == 1.0
+    else:
+        pytest.shared = getattr(pytest, "shared", {})
+        pytest.shared[batching] = share
+        assert 0.5 < share < 1.0
+    if batching == "length_grouped" and "padded" in getattr(pytest, "shared", {}):
+        assert share > pytest.shared["padded"]  # grouping by length wastes fewer slots than random order
+
+
+def test_batching_auto_picks_padding_free_only_for_flash_attention():
+    from types import SimpleNamespace
+
+    from medqa.train import resolve_batching
+
+    def m(impl):
+        return SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl))
+
+    assert resolve_batching("auto", m("flash_attention_2")) == "padding_free"
+    assert resolve_batching("auto", m("sdpa")) == "length_grouped"
+    assert resolve_batching("auto", m("eager")) == "length_grouped"
+    assert resolve_batching("padded", m("flash_attention_2")) == "padded"
+
+
+def test_eval_during_training_keeps_the_best_adapter_and_stops_early(qwen_dir, tmp_path):
+    from safetensors.torch import load_file
+
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "run", **{
+        "train.max_steps": 30, "train.eval_steps": 1, "train.early_stopping_patience": 2, "train.lr": 5e-2,
+        "lora.alpha": 256, "train.report_to": ["tensorboard"]})
+    demo = load_demo()
+    summary = train(cfg, model, tok, demo[:16], progress=False, eval_records=demo[100:112])
+    run = tmp_path / "run"
+    best = summary["best"]
+    hist = best["history"]
+    accs = [h["eval_accuracy"] for h in hist]
+    assert best["accuracy"] == max(accs) and best["kept"]
+    assert best["step"] == next(h["step"] for h in hist if h["eval_accuracy"] == max(accs))
+    # stopped after two evaluations without improvement, before max_steps
+    assert summary["steps"] < 30 and len(hist) == summary["steps"]
+    assert all(a <= best["accuracy"] for a in accs[-2:]) and hist[-1]["step"] - best["step"] == 2
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    kept = load_file(run / "best" / "adapter" / "adapter_model.safetensors")
+    assert all(torch.equal(saved[k], kept[k]) for k in saved)  # the saved adapter is the best one
+    logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in logs if "eval_accuracy" in e] == [h["step"] for h in hist]
+    assert (run / "train_curves.png").stat().st_size > 5000
+    assert "best held-out accuracy" in (run / "train_report.md").read_text()
+    assert list((run / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_memory_check_fails_early_with_advice(qwen_dir, tmp_path, monkeypatch):
+    from medqa import train as train_mod
+    from medqa.errors import ModelError
+
+    monkeypatch.setattr(train_mod, "available_memory", lambda hw: 2**20)
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "run")
+    with pytest.raises(ModelError, match="gradient_checkpointing true.*load_in_4bit"):
+        train(cfg, model, tok, load_demo()[:8], progress=False)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before training started
+
+
+def test_memory_estimate_grows_with_what_costs_memory(qwen_dir):
+    from medqa.train import estimate_memory
+
+    _, model, _ = _tiny_run(qwen_dir, "unused")
+    base = estimate_memory(model, 4, 256, 256, False, 4)
+    assert estimate_memory(model, 8, 256, 256, False, 4)["activations"] == 2 * base["activations"]
+    assert estimate_memory(model, 4, 256, 256, True, 4)["activations"] < base["activations"]
+    assert estimate_memory(model, 4, 256, 32, False, 4)["logits"] == base["logits"] // 8
+    assert base["weights"] == sum(p.numel() * 4 for p in model.parameters())
+
+
+def test_dora_rslora_and_neftune_options(qwen_dir, tmp_path):
+    from peft.tuners.lora import LoraLayer
+
+    from medqa.config import LoraSettings
+
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "dora", **{"lora.use_dora": True, "lora.use_rslora": True,
+                                                               "lora.r": 4, "lora.alpha": 8})
+    names = [n for n, _ in model.named_parameters()]
+    assert any("lora_magnitude_vector" in n for n in names)
+    layer = next(m for m in model.modules() if isinstance(m, LoraLayer))
+    assert layer.scaling["default"] == pytest.approx(8 / 4**0.5)  # rsLoRA: alpha / sqrt(r)
+    assert train(cfg, model, tok, load_demo()[:8], progress=False)["steps"] == 4
+    assert LoraSettings().use_dora is False
+
+    def adapter(alpha):
+        c, m, t = _tiny_run(qwen_dir, tmp_path / f"neft{alpha}", **{"train.neftune_alpha": alpha})
+        train(c, m, t, load_demo()[:8], progress=False)
+        return {k: v.detach().clone() for k, v in m.named_parameters() if v.requires_grad}
+
+    plain, noisy = adapter(None), adapter(5.0)
+    assert any(not torch.equal(plain[k], noisy[k]) for k in plain)  # the noise reached the gradients
+
+
+def test_qlora_on_cpu_is_a_clear_error(qwen_dir):
+    from medqa.errors import ModelError
+
+    cfg = build_config(None, {"model.name": str(qwen_dir), "model.load_in_4bit": True})
+    with pytest.raises(ModelError, match="load_in_4bit needs a CUDA, ROCm or XPU GPU"):
+        load_model(cfg.model)
+
+
+def test_training_arguments_follow_the_config(tmp_path):
+    from medqa.hardware import detect
+    from medqa.train import _training_kwargs
+
+    cfg = build_config(None, {"train.torch_compile": True, "train.gradient_checkpointing": True,
+                              "train.neftune_alpha": 5})
+    kw = _training_kwargs(cfg.train, tmp_path, "float32", detect("cpu"), "length_grouped", ["tensorboard"], False)
+    assert kw["torch_compile"] and kw["activation_checkpointing"] and kw["neftune_noise_alpha"] == 5
+    assert kw["train_sampling_strategy"] == "group_by_length" and kw["report_to"] == ["tensorboard"]
 
 
 @pytest.mark.slow

@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p_doc = sub.add_parser("doctor", help="accelerator, dtype, attention kernels, ROCm/CUDA variables, advice")
     p_doc.add_argument("--json", action="store_true", help="print JSON")
+    p_doc.add_argument("--config", help="YAML config whose hardware.env is applied first")
     add_export_parser(sub)
     add_push_parser(sub)
     add_predict_parser(sub)
@@ -106,9 +107,7 @@ def main(argv: list[str] | None = None) -> int:
 def _run(ns: argparse.Namespace) -> int:
     from rich.console import Console
 
-    from medqa import recipes
-    from medqa.config import build_config
-    from medqa.evaluate import DISCLAIMER
+    from medqa.config import apply_env, build_config
 
     if ns.command == "data":
         from medqa.inspect import inspect_main
@@ -119,6 +118,8 @@ def _run(ns: argparse.Namespace) -> int:
 
         return compare_main(ns)
     if ns.command == "doctor":
+        if ns.config:  # before torch initialises
+            apply_env(build_config(ns.config))
         from medqa.hardware import doctor, format_doctor
 
         report = doctor()
@@ -137,6 +138,9 @@ def _run(ns: argparse.Namespace) -> int:
     console = Console()
     ov = _overrides(ns)
     if ns.command == "quickstart":
+        from medqa import recipes
+        from medqa.evaluate import DISCLAIMER
+
         result = recipes.quickstart(overrides=ov)
         console.print(result["table"])
         console.print(f"wall time {result['wall_seconds']:.0f} s; report: {result['train']['adapter'].rsplit('/', 1)[0]}/quickstart.md")
@@ -146,6 +150,10 @@ def _run(ns: argparse.Namespace) -> int:
     if ns.command == "train" and "eval_data.path" in ov:
         ov.setdefault("eval_data.dataset", ov.get("data.dataset", "medmcqa"))
     cfg = build_config(getattr(ns, "config", None), ov, base=base)
+    apply_env(cfg)  # hardware.env: before torch initialises the device
+    from medqa import recipes
+    from medqa.evaluate import DISCLAIMER
+
     if ns.command == "eval":
         s = recipes.run_eval(cfg)
         if "ci95" not in s:  # a non-main rank of a data-parallel run: rank 0 reports

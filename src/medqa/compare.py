@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 from medqa.errors import DataError
-from medqa.evaluate import wilson_interval
 
 
 def mcnemar_exact(fixed: int, broken: int) -> float:
@@ -54,6 +53,8 @@ def _predictions(run: str | Path) -> dict[tuple[str, str], dict[str, Any]]:
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict[str, Any]:
+    from medqa.evaluate import wilson_interval  # imports torch: not at `medqa` start-up (hardware.env comes first)
+
     a, b = _predictions(run_a), _predictions(run_b)
     if set(a) != set(b):
         only_a, only_b = len(set(a) - set(b)), len(set(b) - set(a))

@@ -34,6 +34,9 @@ class ModelConfig(_Section):
     attn_implementation: str | None = Field(None, description="e.g. sdpa, eager, flash_attention_2")
     trust_remote_code: bool = Field(False, description="run model code from the Hub (off unless asked for)")
     allow_pickle: bool = Field(False, description="allow loading pickle (.bin/.pt) weights")
+    load_in_4bit: bool = Field(
+        False, description="QLoRA: 4-bit NF4 base weights through bitsandbytes (CUDA/ROCm; off: full precision)"
+    )
 
 
 class LoraSettings(_Section):
@@ -41,6 +44,8 @@ class LoraSettings(_Section):
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.05, ge=0.0, lt=1.0)
     target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT)")
+    use_rslora: bool = Field(False, description="rank-stabilised LoRA: scale alpha/sqrt(r) instead of alpha/r")
 
 
 class DataConfig(_Section):
@@ -90,7 +95,26 @@ class TrainConfig(_Section):
     logging_steps: int = Field(5, ge=1)
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(2, ge=1)
-    gradient_checkpointing: bool = False
+    gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, ~15% slower)")
+    batching: Literal["auto", "padding_free", "length_grouped", "padded"] = Field(
+        "auto",
+        description="auto: padding-free with flash attention, length-grouped otherwise; padded: random order, padded",
+    )
+    target_only_logits: bool = Field(
+        True, description="compute the vocabulary logits only where a target token is predicted"
+    )
+    eval_size: int = Field(0, ge=0, description="questions held out of training, scored every eval_steps (0: off)")
+    eval_steps: int = Field(50, ge=1, description="optimizer steps between evaluations during training")
+    keep_best: bool = Field(True, description="with eval_size: the saved adapter is the one with the best accuracy")
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="stop after N evaluations without improvement (needs eval_size)"
+    )
+    report_to: list[str] = Field(
+        default_factory=lambda: ["tensorboard"], description="trackers: tensorboard, mlflow, trackio, wandb or []"
+    )
+    neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise on the input embeddings (e.g. 5)")
+    torch_compile: bool = Field(False, description="torch.compile the model (CUDA/ROCm; slow first steps)")
+    memory_check: bool = Field(True, description="estimate memory before training and stop early if it cannot fit")
     resume: bool = Field(False, description="continue from the last complete checkpoint in OUT/checkpoints")
     augment_copies: int = Field(
         1, ge=0, le=8, description="option-order augmentation: permuted copies per question (0: off)"
@@ -117,6 +141,18 @@ class EvalConfig(_Section):
     )
 
 
+class HardwareConfig(_Section):
+    env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment set before torch initialises, e.g. {HIP_VISIBLE_DEVICES: '0,1'}; YAML mapping",
+    )
+
+    @field_validator("env", mode="before")
+    @classmethod
+    def _env_strings(cls, v: Any) -> Any:
+        return {str(k): str(x) for k, x in v.items()} if isinstance(v, dict) else v
+
+
 class MixtureEntry(DataConfig):
     """One dataset of a training mixture, with its sampling weight."""
 
@@ -138,6 +174,7 @@ class RunConfig(_Section):
         description="named evaluation sets (per-dataset accuracy plus size-weighted and macro means); YAML mapping",
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     out: str = "runs/latest"
 
@@ -240,6 +277,26 @@ def _section_type(ann: Any) -> type[BaseModel] | None:
     if len(args) == 1 and isinstance(args[0], type) and issubclass(args[0], BaseModel):
         return args[0]  # Optional[Section]; list[...] and dict[...] stay one flag (a YAML value)
     return None
+
+
+def apply_env(cfg: RunConfig) -> list[str]:
+    """Set `hardware.env` in the process environment; returns the names set.
+
+    Device-visibility and ROCm variables are read when torch initialises its GPU backend (lazily, at first
+    use) and thread counts when torch is imported, so the CLI calls this before importing torch; from
+    Python, call it first (recipes call it too, and warn when the GPU backend was already initialised).
+    """
+    import os
+    import sys
+    import warnings
+
+    for k, v in cfg.hardware.env.items():
+        os.environ[k] = v
+    torch = sys.modules.get("torch")
+    if cfg.hardware.env and torch is not None and torch.cuda.is_initialized():
+        warnings.warn("hardware.env set after the GPU backend initialised: device variables may not take effect",
+                      stacklevel=2)
+    return sorted(cfg.hardware.env)
 
 
 def dump_config(cfg: RunConfig) -> str:

@@ -66,14 +66,6 @@ ROCM_VARS = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HSA_OVERRIDE_GFX_VE
 ROCM_SUPPORTED = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1200", "gfx1201", "gfx908")
 
 
-def apply_env(env: dict[str, str]) -> None:
-    """Set variables (e.g. the config's hardware.env) before torch touches the device."""
-    import os
-
-    for k, v in env.items():
-        os.environ[str(k)] = str(v)
-
-
 def _attention() -> dict[str, bool]:
     import importlib.util
 

@@ -142,13 +142,20 @@ def load_model(cfg: ModelConfig, hw: Hardware | None = None, with_adapter: bool 
         kwargs["revision"] = cfg.revision
     if cfg.attn_implementation:
         kwargs["attn_implementation"] = cfg.attn_implementation
+    if cfg.load_in_4bit:
+        kwargs["quantization_config"] = qlora_config(hw, dtype)
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         raise ModelError(f"cannot load model '{cfg.name}': {str(e).splitlines()[0][:300]}") from None
     if gguf:
         _clear_gguf_markers(model)
-    model.to(hw.device)
+    if cfg.load_in_4bit:  # quantised weights are placed on the device by bitsandbytes
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model.to(hw.device)
     tok = load_tokenizer(cfg.name, cfg)
     if with_adapter and cfg.adapter:
         model = load_adapter(model, cfg.adapter, cfg.allow_pickle)
@@ -174,7 +181,22 @@ def load_adapter(model: Any, adapter_dir: str, allow_pickle: bool = False, train
     return PeftModel.from_pretrained(model, str(d), is_trainable=trainable)
 
 
+def qlora_config(hw: Hardware, dtype: torch.dtype) -> Any:
+    """4-bit NF4 with double quantisation (the QLoRA recipe), computing in the training dtype."""
+    if hw.backend not in ("cuda", "rocm", "xpu"):
+        raise ModelError(f"model.load_in_4bit needs a CUDA, ROCm or XPU GPU (bitsandbytes); this run is on {hw.backend}. "
+                         "Train in full precision instead (the default)")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise ModelError("model.load_in_4bit needs bitsandbytes: pip install bitsandbytes "
+                         "(CUDA and ROCm builds exist), or train in full precision (the default)")
+    from transformers import BitsAndBytesConfig
+
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=dtype)
+
+
 def apply_lora(model: Any, lora: LoraSettings) -> Any:
+    """Wrap `model` with a LoRA adapter (PEFT); DoRA and rsLoRA are PEFT options of the same adapter."""
     from peft import LoraConfig, get_peft_model
 
     config = LoraConfig(
@@ -184,6 +206,8 @@ def apply_lora(model: Any, lora: LoraSettings) -> Any:
         target_modules=lora.target_modules,
         task_type="CAUSAL_LM",
         bias="none",
+        use_dora=lora.use_dora,
+        use_rslora=lora.use_rslora,
     )
     return get_peft_model(model, config)
 

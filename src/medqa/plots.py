@@ -86,3 +86,27 @@ def curve(xs: Sequence[float], ys: Sequence[float], path: str | Path, xlabel: st
     ax.set_xlim(0, 1)
     ax.set_ylim(0, 1)
     return _save(fig, path)
+
+
+def training_curves(rows: Sequence[dict], path: str | Path) -> Path:
+    """Training loss (and held-out accuracy, when evaluated during training) against optimizer steps."""
+    fig = _figure(8.0, 3.5)
+    ax = fig.add_subplot(1, 2, 1)
+    loss = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    if loss:
+        ax.plot(*zip(*loss), marker="." if len(loss) < 50 else None)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (target tokens)")
+    ax.set_title("loss")
+    ax2 = fig.add_subplot(1, 2, 2)
+    acc = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
+    if acc:
+        ax2.plot(*zip(*acc), marker="o", color="tab:green")
+        ax2.set_ylim(0, 1)
+    else:
+        ax2.text(0.5, 0.5, "no held-out evaluation\n(train.eval_size 0)", ha="center", va="center",
+                 transform=ax2.transAxes)
+    ax2.set_xlabel("optimizer step")
+    ax2.set_ylabel("held-out accuracy")
+    ax2.set_title("held-out accuracy (letter scoring)")
+    return _save(fig, path)

@@ -24,7 +24,7 @@ from medqa.calibrate import (
     nll,
     save_calibration,
 )
-from medqa.config import DataConfig, RunConfig, build_config
+from medqa.config import DataConfig, RunConfig, apply_env, build_config
 from medqa.data import hash_order, load_dataset_config
 from medqa.errors import DataError
 from medqa.evaluate import DISCLAIMER, evaluate, wilson_interval
@@ -134,6 +134,7 @@ def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataC
 
 def run_eval(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Evaluate `cfg.model` (+ adapter) on `cfg.data` (or every `cfg.eval_sets`); writes the reports to `cfg.out`."""
+    apply_env(cfg)
     hw = init_distributed(detect(cfg.model.device))
     model, tokenizer = load_model(cfg.model, hw)
     return _eval_sets(model, tokenizer, cfg, evaluation_sets(cfg, include_data=True), Path(cfg.out), progress)
@@ -185,6 +186,7 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
 
     from medqa.train import train
 
+    apply_env(cfg)
     set_seed(cfg.train.seed)  # the LoRA initialisation too: the same config gives the same adapter
     hw = detect(cfg.model.device)
     records, result = training_records(cfg)
@@ -196,6 +198,7 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
         if not records:
             raise DataError("data", None, None, "every training question also occurs in the evaluation data")
     records, calib_records = calibration_split(cfg, records)
+    records, train_eval_records = held_out_split(records, cfg.train.eval_size, cfg.train.seed + 2, "eval_size")
     records, result["augmentation"] = augment_options(records, cfg.train.augment_copies, cfg.train.seed)
     model, tokenizer = load_model(cfg.model, hw, with_adapter=False)
     out = Path(cfg.out)
@@ -207,7 +210,7 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
     else:
         model = apply_lora(model, cfg.lora)
     result["model"] = describe(model)
-    result["train"] = train(cfg, model, tokenizer, records, hw, progress=progress)
+    result["train"] = train(cfg, model, tokenizer, records, hw, progress=progress, eval_records=train_eval_records)
     result["calibration"] = fit_calibration(model, tokenizer, cfg, calib_records, Path(result["train"]["adapter"]), progress)
     if sets:
         result["after"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_after", progress, result["calibration"])
@@ -220,11 +223,16 @@ def calibration_split(cfg: RunConfig, records: list[Any]) -> tuple[list[Any], li
     n = cfg.train.calibration_size
     if n is None:
         n = min(500, len(records) // 10)
+    return held_out_split(records, n, cfg.train.seed + 1, "calibration_size")
+
+
+def held_out_split(records: list[Any], n: int, seed: int, field: str) -> tuple[list[Any], list[Any]]:
+    """Seeded hash split of `n` questions out of the training records: (train, held out)."""
     if n == 0:
         return records, []
     if n >= len(records):
-        raise DataError("train", None, "calibration_size", f"{n} calibration questions leave none of {len(records)} to train on")
-    ordered = hash_order(records, cfg.train.seed + 1)
+        raise DataError("train", None, field, f"holding out {n} questions leaves none of {len(records)} to train on")
+    ordered = hash_order(records, seed)
     return ordered[n:], ordered[:n]
 
 

@@ -1,16 +1,31 @@
 """Training: LoRA supervised fine-tuning with the Transformers Trainer.
 
+What makes it fast (see BENCHMARKS.md, `benchmarks/train_speed.py`):
+  * no compute on padding: padding-free batches (examples concatenated, positions restarting per
+    example) with flash attention, length-grouped batches otherwise; the share of non-padding
+    tokens is measured and reported;
+  * target-only logits: the vocabulary projection runs only where a target token is predicted
+    (the answer and its explanation), not on every prompt position;
+  * no gradient checkpointing unless asked (it recomputes the forward pass to save memory).
+
 The run directory gets:
-  adapter/            the LoRA adapter (safetensors) and the tokenizer
+  adapter/            the LoRA adapter (safetensors) and the tokenizer (the best one, with eval_size)
+  best/               the best adapter so far by held-out accuracy, and best.json (with eval_size)
   config.yaml         the resolved config
-  metrics.jsonl       one line per logging step (loss, learning rate, grad norm, epoch)
-  train_summary.json  steps, wall time, examples/s, truncation and label statistics
-  checkpoints/        Trainer checkpoints (adapter, optimizer, scheduler, RNG) for resuming
+  metrics.jsonl       one line per logging step (loss, lr, grad norm, tokens/s, non-padding share,
+                      eval accuracy)
+  tensorboard/        the same, for TensorBoard (`tensorboard --logdir OUT/tensorboard`)
+  train_curves.png    loss and held-out accuracy against steps; train_report.md shows it
+  train_summary.json  steps, wall time, examples/s, tokens/s, truncation, memory estimate
+  checkpoints/        Trainer checkpoints (adapter, optimizer, scheduler, RNG, data position)
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,7 +34,7 @@ import torch
 
 from medqa.config import RunConfig, dump_config
 from medqa.data import MCQRecord
-from medqa.errors import DataError
+from medqa.errors import DataError, ModelError
 from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
@@ -33,6 +48,7 @@ def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int)
             stats["dropped_too_long"] += 1
             continue
         stats["truncated"] += int(ex.pop("truncated"))
+        ex["length"] = len(ex["input_ids"])  # for length-grouped batches
         feats.append(ex)
     stats["examples"] = len(feats)
     if not feats:
@@ -40,10 +56,27 @@ def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int)
     return feats, stats
 
 
-class PadCollator:
+class TokenCounter:
+    """Counts real and padded token slots of the batches a collator builds."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+        self.slots = 0
+
+    def count(self, tokens: int, slots: int) -> None:
+        self.tokens += tokens
+        self.slots += slots
+
+    @property
+    def non_padding_share(self) -> float:
+        return self.tokens / self.slots if self.slots else 1.0
+
+
+class PadCollator(TokenCounter):
     """Right-pads input_ids with the pad token and labels with -100."""
 
     def __init__(self, pad_id: int):
+        super().__init__()
         self.pad_id = pad_id
 
     def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -56,7 +89,37 @@ class PadCollator:
             ids[i, :n] = torch.tensor(b["input_ids"])
             labels[i, :n] = torch.tensor(b["labels"])
             mask[i, :n] = 1
+        self.count(int(mask.sum()), mask.numel())
         return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+class FlatCollator(TokenCounter):
+    """Padding-free: one row of concatenated examples, position ids restarting at each example
+    (Transformers' DataCollatorWithFlattening); attention stays within each example."""
+
+    def __init__(self) -> None:
+        from transformers import DataCollatorWithFlattening
+
+        super().__init__()
+        self.inner = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+
+    def __call__(self, batch: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        out = self.inner([{"input_ids": b["input_ids"], "labels": b["labels"]} for b in batch])
+        n = out["input_ids"].numel()
+        self.count(n, n)
+        # without a KV cache Transformers reads the restarting position ids as separate sequences; with
+        # one (the default use_cache=True, even in training) SDPA/eager would attend across examples
+        out["use_cache"] = False
+        return out
+
+
+def resolve_batching(choice: str, model: Any) -> str:
+    """auto: padding-free where attention is computed per example without a mask (flash attention),
+    length-grouped otherwise (SDPA/eager would need a dense block-diagonal mask over the whole row)."""
+    if choice != "auto":
+        return choice
+    impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
+    return "padding_free" if "flash" in impl else "length_grouped"
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -64,21 +127,157 @@ CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimize
 
 def last_complete_checkpoint(folder: Path) -> Path | None:
     """The newest `checkpoint-N` whose files are all there and readable; an incomplete or corrupt
-    newer one (a kill during saving) is reported and skipped."""
+    newer one (a kill during saving, a torn file) is reported and skipped."""
     if not folder.is_dir():
         return None
     found = sorted((p for p in folder.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
                    key=lambda p: int(p.name.split("-")[-1]), reverse=True)
     for ck in found:
-        missing = [f for f in CHECKPOINT_FILES if not (ck / f).is_file() or (ck / f).stat().st_size == 0]
-        if not missing:
-            try:
-                json.loads((ck / "trainer_state.json").read_text())
-                return ck
-            except (OSError, ValueError):
-                missing = ["trainer_state.json (unreadable)"]
-        print(f"medqa: skipping incomplete checkpoint {ck} (missing: {', '.join(missing)})", flush=True)
+        problem = _checkpoint_problem(ck)
+        if problem is None:
+            return ck
+        print(f"medqa: skipping incomplete or corrupt checkpoint {ck} ({problem})", flush=True)
     return None
+
+
+def _checkpoint_problem(ck: Path) -> str | None:
+    missing = [f for f in CHECKPOINT_FILES if not (ck / f).is_file() or (ck / f).stat().st_size == 0]
+    if missing:
+        return "missing: " + ", ".join(missing)
+    try:
+        json.loads((ck / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "trainer_state.json unreadable"
+    try:  # the header and every tensor's byte range must be intact
+        from safetensors import safe_open
+
+        with safe_open(str(ck / "adapter_model.safetensors"), framework="pt") as f:
+            for k in f.keys():
+                f.get_slice(k)
+    except Exception as e:  # noqa: BLE001 - any failure to open means a damaged file
+        return f"adapter_model.safetensors unreadable: {type(e).__name__}"
+    for name in ("optimizer.pt", "scheduler.pt"):
+        try:
+            torch.load(ck / name, map_location="cpu", weights_only=True)
+        except Exception as e:  # noqa: BLE001
+            return f"{name} unreadable: {type(e).__name__}"
+    return None
+
+
+# ----------------------------------------------------------------------------- memory estimate
+
+def available_memory(hw: Hardware) -> int:
+    """Bytes free on the training device (GPU: free memory; CPU/MPS: available RAM)."""
+    if hw.backend in ("cuda", "rocm"):
+        return int(torch.cuda.mem_get_info(torch.device(hw.device))[0])
+    if hw.backend == "xpu":
+        props = torch.xpu.get_device_properties(torch.device(hw.device))
+        return int(props.total_memory - torch.xpu.memory_allocated(torch.device(hw.device)))
+    import psutil
+
+    return int(psutil.virtual_memory().available)
+
+
+def estimate_memory(model: Any, batch_size: int, seq_len: int, logit_positions: int, gradient_checkpointing: bool,
+                    act_bytes: int) -> dict[str, int]:
+    """Peak training memory, in bytes, from the model's shape (a deliberately conservative estimate).
+
+    weights (as loaded) + trainable parameters with their gradient and two AdamW moments in fp32
+    + activations kept for backward: per token and layer about 16 hidden-sized and 4
+    intermediate-sized tensors (attention, norms, MLP), or 2 hidden-sized with gradient
+    checkpointing (plus one layer's worth recomputed) + the fp32 logits where they are computed
+    (forward, log-softmax and gradient: 3 copies).
+    """
+    cfg = getattr(model, "config", None)
+    text = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+    hidden = int(getattr(text, "hidden_size", 0) or 0)
+    inter = int(getattr(text, "intermediate_size", 4 * hidden) or 4 * hidden)
+    layers = int(getattr(text, "num_hidden_layers", 0) or 0)
+    vocab = int(getattr(text, "vocab_size", 0) or 0)
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    tokens = batch_size * seq_len
+    per_layer = (16 * hidden + 4 * inter) * act_bytes
+    if gradient_checkpointing:
+        activations = tokens * (layers * 2 * hidden * act_bytes + per_layer)
+    else:
+        activations = tokens * layers * per_layer
+    logits = batch_size * logit_positions * vocab * 4 * 3
+    parts = {"weights": weights, "optimizer_and_grads": trainable * 16, "activations": activations, "logits": logits}
+    parts["total"] = sum(parts.values())
+    return parts
+
+
+def check_memory(estimate: dict[str, int], free: int, device: str) -> None:
+    gib = 2**30
+    if estimate["total"] <= 0.9 * free:
+        return
+    raise ModelError(
+        f"training needs about {estimate['total'] / gib:.1f} GiB (weights {estimate['weights'] / gib:.1f}, activations "
+        f"{estimate['activations'] / gib:.1f}, logits {estimate['logits'] / gib:.1f}) but {device} has "
+        f"{free / gib:.1f} GiB free. Lower train.batch_size (raise train.grad_accum to keep the effective batch), "
+        "set train.gradient_checkpointing true, lower train.max_length, or on a GPU use model.load_in_4bit true "
+        "(QLoRA). train.memory_check false skips this check"
+    )
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+    """Causal-LM cross-entropy computing the vocabulary logits only at positions that predict a target
+    token (`logits_to_keep` with the positions, shared by the rows of the batch). Equal to the model's
+    own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given."""
+    inputs = dict(inputs)
+    inputs.setdefault("use_cache", False)
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    try:
+        logits = model(**inputs, logits_to_keep=keep).logits.float()
+    except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions
+        logits = model(**inputs).logits[:, keep].float()
+    gold = targets[:, keep]
+    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
+                                             ignore_index=-100, reduction="sum")
+    if num_items_in_batch is None:
+        return loss / (gold != -100).sum().clamp(min=1)
+    return loss / num_items_in_batch
+
+
+def _trainer_class():
+    from transformers import Trainer
+
+    class MedQATrainer(Trainer):
+        """Trainer with target-only logits and token throughput in the logs."""
+
+        token_counter: TokenCounter | None = None
+        target_only_logits: bool = True
+        _last_log: tuple[float, int] | None = None
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
+            if not self.target_only_logits or return_outputs or "labels" not in inputs:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss = target_only_loss(model, inputs, num_items_in_batch)
+            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
+                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages gradients
+            return loss
+
+        def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+            if "loss" in logs and self.token_counter is not None:
+                now = time.perf_counter()
+                counts = torch.tensor([self.token_counter.tokens, self.token_counter.slots], dtype=torch.float64,
+                                      device=self.args.device)
+                if self.accelerator.num_processes > 1:
+                    counts = self.accelerator.reduce(counts, reduction="sum")
+                tokens, slots = (int(x) for x in counts.tolist())
+                if self._last_log is not None:
+                    t0, tok0 = self._last_log
+                    logs["tokens_per_second"] = round((tokens - tok0) / max(now - t0, 1e-9), 1)
+                logs["non_padding_share"] = round(tokens / slots, 4) if slots else 1.0
+                self._last_log = (now, tokens)
+            super().log(logs, start_time)
+
+    return MedQATrainer
 
 
 def _metrics_callback(path: Path):
@@ -93,6 +292,107 @@ def _metrics_callback(path: Path):
     return MetricsLog()
 
 
+class HeldOutEval:
+    """Scores held-out questions with the fast letter scorer every `every` steps; keeps the best
+    adapter in OUT/best (atomically); asks the Trainer to stop after `patience` evaluations
+    without improvement. Its state lives in OUT/best/best.json, so a resumed run continues it."""
+
+    def __init__(self, fmt: PromptFormat, records: list[MCQRecord], batch_size: int, every: int, out: Path,
+                 patience: int | None, resume: bool):
+        self.fmt, self.records, self.batch_size, self.every = fmt, records, batch_size, every
+        self.dir = out / "best"
+        self.patience = patience
+        self.trainer: Any = None
+        self.state = {"step": None, "accuracy": -1.0, "evals_since_best": 0, "history": []}
+        if resume and (self.dir / "best.json").is_file():
+            self.state = json.loads((self.dir / "best.json").read_text())
+        elif not resume and self.dir.exists():
+            shutil.rmtree(self.dir)
+
+    def score(self, model: Any) -> dict[str, float]:
+        import numpy as np
+
+        from medqa.evaluate import score_records
+
+        was_training = model.training
+        model.eval()
+        probs = score_records(model, self.fmt, self.records, self.batch_size, progress=False, desc="held-out")
+        model.train(was_training)
+        answers = np.array([r.answer for r in self.records])
+        pred = np.array([int(np.argmax(p)) for p in probs])
+        gold_p = np.array([max(float(p[a]), 1e-12) for p, a in zip(probs, answers)])
+        return {"eval_accuracy": float((pred == answers).mean()), "eval_nll": float(-np.log(gold_p).mean())}
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class Cb(TrainerCallback):
+            def on_step_end(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+                last = state.global_step >= state.max_steps
+                if state.global_step % outer.every and not last:
+                    return control
+                if any(h["step"] == state.global_step for h in outer.state["history"]):
+                    return control  # already scored before a resume
+                metrics = outer.score(model)
+                outer.trainer.log(dict(metrics))
+                acc = metrics["eval_accuracy"]
+                outer.state["history"].append({"step": state.global_step, **metrics})
+                if acc > outer.state["accuracy"]:
+                    outer.state.update(step=state.global_step, accuracy=acc, evals_since_best=0)
+                    if state.is_world_process_zero:
+                        outer.save_best(model)
+                else:
+                    outer.state["evals_since_best"] += 1
+                    if outer.patience and outer.state["evals_since_best"] >= outer.patience:
+                        print(f"medqa: early stopping at step {state.global_step}: no improvement in "
+                              f"{outer.patience} evaluations (best {outer.state['accuracy']:.1%} at step "
+                              f"{outer.state['step']})", flush=True)
+                        control.should_training_stop = True
+                if state.is_world_process_zero:
+                    outer.dir.mkdir(parents=True, exist_ok=True)
+                    atomic_write_json(outer.dir / "best.json", outer.state)
+                return control
+
+        return Cb()
+
+    def save_best(self, model: Any) -> None:
+        tmp = self.dir.parent / ".best.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(str(tmp / "adapter"))
+        if self.dir.exists():
+            (self.dir / "adapter").rename(tmp / "adapter.old") if (self.dir / "adapter").exists() else None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / "adapter", self.dir / "adapter")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    def load_best_into(self, model: Any) -> bool:
+        from peft import set_peft_model_state_dict
+        from safetensors.torch import load_file
+
+        f = self.dir / "adapter" / "adapter_model.safetensors"
+        if self.state["step"] is None or not f.is_file():
+            return False
+        set_peft_model_state_dict(model, load_file(str(f), device=str(next(model.parameters()).device)))
+        return True
+
+
+def _report_to(requested: list[str]) -> list[str]:
+    """Trackers that are installed; a missing one is named, not a crash deep in the Trainer."""
+    packages = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "trackio": ("trackio",),
+                "wandb": ("wandb",)}
+    out = []
+    for r in requested:
+        if r == "none":
+            continue
+        if not any(importlib.util.find_spec(m) for m in packages.get(r, (r,))):
+            print(f"medqa: train.report_to {r}: the package is not installed, skipping it", flush=True)
+            continue
+        out.append(r)
+    return out
+
+
 def train(
     cfg: RunConfig,
     model: Any,
@@ -100,10 +400,13 @@ def train(
     records: list[MCQRecord],
     hw: Hardware | None = None,
     progress: bool = True,
+    eval_records: list[MCQRecord] | None = None,
 ) -> dict[str, Any]:
-    """Fine-tune `model` (already LoRA-wrapped) on `records`; write the run directory; return a summary."""
+    """Fine-tune `model` (already LoRA-wrapped) on `records`; write the run directory; return a summary.
+
+    `eval_records`: held-out questions scored every `train.eval_steps` steps (best adapter kept)."""
     from datasets import Dataset
-    from transformers import Trainer, TrainingArguments, set_seed
+    from transformers import TrainingArguments, set_seed
 
     from medqa.hub import library_versions
 
@@ -112,12 +415,106 @@ def train(
     out.mkdir(parents=True, exist_ok=True)
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     set_seed(cfg.train.seed)
-    fmt = PromptFormat(tokenizer, cfg.eval.protocol)
-    feats, stats = build_features(fmt, records, cfg.train.max_length)
-    dataset = Dataset.from_list(feats)
     tc = cfg.train
+    fmt = PromptFormat(tokenizer, cfg.eval.protocol)
+    feats, stats = build_features(fmt, records, tc.max_length)
+    batching = resolve_batching(tc.batching, model)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
-    args = TrainingArguments(
+    lengths = sorted(f["length"] for f in feats)
+    target_positions = max(sum(1 for x in f["labels"] if x != -100) for f in feats)
+    mem = estimate_memory(model, tc.batch_size, lengths[-1], target_positions if tc.target_only_logits else lengths[-1],
+                          tc.gradient_checkpointing, 4 if dtype == "float32" else 2)
+    mem["free"] = available_memory(hw)
+    if tc.memory_check:
+        check_memory(mem, mem["free"], hw.device)
+    dataset = Dataset.from_list(feats)
+    report_to = _report_to(tc.report_to)
+    args = TrainingArguments(**_training_kwargs(tc, out, dtype, hw, batching, report_to, progress))
+    metrics_path = out / "metrics.jsonl"
+    resume_from = last_complete_checkpoint(out / "checkpoints") if tc.resume else None
+    if resume_from is None:
+        metrics_path.unlink(missing_ok=True)
+    else:  # keep the log of the steps already done, drop anything logged after that checkpoint
+        done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+        kept = [x for x in (metrics_path.read_text().splitlines() if metrics_path.is_file() else [])
+                if x.strip() and json.loads(x).get("step", 0) <= done]
+        atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
+        print(f"medqa: resuming from {resume_from} (step {done})", flush=True)
+    collator: TokenCounter = FlatCollator() if batching == "padding_free" else PadCollator(tokenizer.pad_token_id)
+    callbacks = [_metrics_callback(metrics_path)]
+    held_out = None
+    if eval_records:
+        held_out = HeldOutEval(fmt, eval_records, cfg.eval.batch_size, tc.eval_steps, out, tc.early_stopping_patience,
+                               resume=resume_from is not None)
+        if resume_from is not None:  # forget evaluations logged after the checkpoint we restart from
+            done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
+            held_out.state["history"] = [h for h in held_out.state["history"] if h["step"] <= done]
+        callbacks.append(held_out.callback())
+    trainer = _trainer_class()(
+        model=model,
+        args=args,
+        train_dataset=dataset,
+        data_collator=collator,
+        callbacks=callbacks,
+    )
+    trainer.token_counter = collator
+    for cb in trainer.callback_handler.callbacks:  # TensorBoard events into the run directory
+        if type(cb).__name__ == "TensorBoardCallback":
+            cb.logging_dir = str(out / "tensorboard")
+    trainer.target_only_logits = tc.target_only_logits
+    if held_out is not None:
+        held_out.trainer = trainer
+    t = time.perf_counter()
+    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - t
+    best = None
+    if held_out is not None:
+        best = {k: held_out.state[k] for k in ("step", "accuracy")} | {"history": held_out.state["history"],
+                                                                         "kept": False}
+        if tc.keep_best:
+            best["kept"] = held_out.load_best_into(model)
+    adapter_dir = out / "adapter"
+    if trainer.is_world_process_zero():
+        model.save_pretrained(str(adapter_dir))
+        tokenizer.save_pretrained(str(adapter_dir))
+    n_label_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
+    n_tokens = sum(f["length"] for f in feats)
+    epochs_done = trainer.state.epoch or 0.0
+    summary = {
+        "model": cfg.model.name,
+        "hardware": hw.as_dict(),
+        "processes": trainer.accelerator.num_processes,
+        "dtype": dtype,
+        "protocol": fmt.name,
+        "batching": batching,
+        "target_only_logits": tc.target_only_logits,
+        "gradient_checkpointing": tc.gradient_checkpointing,
+        "steps": trainer.state.global_step,
+        "epochs": tc.epochs,
+        "epochs_done": round(epochs_done, 4),
+        "train_loss": result.training_loss,
+        "seconds": round(seconds, 2),
+        "examples_per_second": round(stats["examples"] * epochs_done / seconds, 3) if seconds else None,
+        "tokens_per_second": round(n_tokens * epochs_done / seconds, 1) if seconds else None,
+        "non_padding_share": round(collator.non_padding_share, 4),
+        "data": stats,
+        "tokens": n_tokens,
+        "label_tokens": n_label_tokens,
+        "length_p50_p90_max": [lengths[len(lengths) // 2], lengths[int(len(lengths) * 0.9)], lengths[-1]],
+        "memory_estimate_bytes": mem,
+        "best": best,
+        "adapter": str(adapter_dir),
+        "versions": library_versions(),
+    }
+    if trainer.is_world_process_zero():
+        atomic_write_json(out / "train_summary.json", summary)
+        write_train_report(out, summary)
+    return summary
+
+
+def _training_kwargs(tc: Any, out: Path, dtype: str, hw: Hardware, batching: str, report_to: list[str],
+                     progress: bool) -> dict[str, Any]:
+    kwargs = dict(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=tc.epochs,
         max_steps=tc.max_steps,
@@ -136,51 +533,37 @@ def train(
         fp16=dtype == "float16",  # PEFT keeps the adapter weights in fp32; AMP scales the loss
         use_cpu=hw.backend == "cpu",
         activation_checkpointing=tc.gradient_checkpointing,
-        report_to="none",
+        train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",
+        neftune_noise_alpha=tc.neftune_alpha,
+        torch_compile=tc.torch_compile,
+        report_to=report_to or "none",
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
     )
-    metrics_path = out / "metrics.jsonl"
-    resume_from = last_complete_checkpoint(out / "checkpoints") if tc.resume else None
-    if resume_from is None:
-        metrics_path.unlink(missing_ok=True)
-    else:  # keep the log of the steps already done, drop anything logged after that checkpoint
-        done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-        kept = [x for x in (metrics_path.read_text().splitlines() if metrics_path.is_file() else [])
-                if x.strip() and json.loads(x).get("step", 0) <= done]
-        atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
-        print(f"medqa: resuming from {resume_from} (step {done})", flush=True)
-    trainer = Trainer(
-        model=model,
-        args=args,
-        train_dataset=dataset,
-        data_collator=PadCollator(tokenizer.pad_token_id),
-        callbacks=[_metrics_callback(metrics_path)],
-    )
-    t = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    seconds = time.perf_counter() - t
-    adapter_dir = out / "adapter"
-    model.save_pretrained(str(adapter_dir))
-    tokenizer.save_pretrained(str(adapter_dir))
-    n_label_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
-    n_tokens = sum(len(f["input_ids"]) for f in feats)
-    summary = {
-        "model": cfg.model.name,
-        "hardware": hw.as_dict(),
-        "dtype": dtype,
-        "protocol": fmt.name,
-        "steps": trainer.state.global_step,
-        "epochs": tc.epochs,
-        "train_loss": result.training_loss,
-        "seconds": round(seconds, 2),
-        "examples_per_second": round(stats["examples"] * tc.epochs / seconds, 3) if tc.max_steps < 0 else None,
-        "data": stats,
-        "tokens": n_tokens,
-        "label_tokens": n_label_tokens,
-        "adapter": str(adapter_dir),
-        "versions": library_versions(),
-    }
-    atomic_write_json(out / "train_summary.json", summary)
-    return summary
+    return kwargs
+
+
+def write_train_report(out: Path, summary: dict[str, Any]) -> None:
+    """train_curves.png (loss, held-out accuracy) and train_report.md beside it."""
+    from medqa.plots import training_curves
+
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if x.strip()] \
+        if (out / "metrics.jsonl").is_file() else []
+    training_curves(rows, out / "train_curves.png")
+    lines = [
+        f"# Training report — {summary['model']}", "",
+        f"- {summary['steps']} optimizer steps, {summary['epochs_done']} epochs of {summary['data']['examples']} examples "
+        f"in {summary['seconds']:.0f} s on {summary['hardware']['name']} ({summary['dtype']}, {summary['processes']} process(es))",
+        f"- throughput: {summary['examples_per_second']} examples/s, {summary['tokens_per_second']} tokens/s",
+        f"- batching: {summary['batching']}; non-padding share of the token slots: {summary['non_padding_share']:.1%}",
+        f"- truncated: {summary['data']['truncated']}, dropped (prompt longer than max_length): "
+        f"{summary['data']['dropped_too_long']}; lengths p50/p90/max {summary['length_p50_p90_max']}",
+        f"- final training loss {summary['train_loss']:.4f}",
+    ]
+    if summary.get("best"):
+        b = summary["best"]
+        lines.append(f"- best held-out accuracy {b['accuracy']:.1%} at step {b['step']}"
+                     + (" (this is the saved adapter)" if b["kept"] else ""))
+    lines += ["", "![loss and held-out accuracy](train_curves.png)", ""]
+    atomic_write_text(out / "train_report.md", "\n".join(lines))
