@@ -155,6 +155,8 @@ def test_padding_free_and_target_only_losses_equal_the_plain_loss(qwen_dir, qwen
         assert float(model(**flat).loss) == pytest.approx(ref, abs=1e-5)
         assert float(target_only_loss(model, padded)) == pytest.approx(ref, abs=1e-5)
         assert float(target_only_loss(model, flat)) == pytest.approx(ref, abs=1e-5)
+        # the shared system-prompt prefix run once for the batch, the rows continuing from its cache
+        assert float(target_only_loss(model, padded, share_prefix=True)) == pytest.approx(ref, abs=1e-5)
     # and the gradients agree
     def grads(fn):
         model.zero_grad()
@@ -162,8 +164,20 @@ def test_padding_free_and_target_only_losses_equal_the_plain_loss(qwen_dir, qwen
         return {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}
 
     g_ref = grads(lambda: model(**padded, use_cache=False).loss)
-    g_new = grads(lambda: target_only_loss(model, flat))
-    assert all(torch.allclose(g_ref[k], g_new[k], atol=1e-6, rtol=1e-4) for k in g_ref)
+    for new in (lambda: target_only_loss(model, flat), lambda: target_only_loss(model, padded, share_prefix=True)):
+        g_new = grads(new)
+        assert all(torch.allclose(g_ref[k], g_new[k], atol=1e-6, rtol=1e-4) for k in g_ref)
+
+
+def test_shared_prefix_length():
+    from medqa.train import shared_prefix_length
+
+    ids = torch.tensor([[1, 2, 3, 4, 5], [1, 2, 3, 9, 0], [1, 2, 3, 4, 0]])
+    assert shared_prefix_length(ids, first_kept=10) == 3
+    assert shared_prefix_length(ids, first_kept=2) == 2  # never past the first position whose logits count
+    assert shared_prefix_length(ids[:1], first_kept=10) == 0
+    same = torch.tensor([[1, 2, 3], [1, 2, 3]])
+    assert shared_prefix_length(same, first_kept=10) == 2  # each row keeps a token of its own
 
 
 @pytest.mark.parametrize("batching", ["padded", "length_grouped", "padding_free"])
@@ -333,3 +347,85 @@ def test_kill_9_then_resume_reaches_the_same_adapter(qwen_dir, tmp_path):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
     assert steps == list(range(1, 25))  # every step logged once, none lost, none twice
+
+
+@pytest.mark.slow
+def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path):
+    """torchrun with 2 CPU processes (gloo), batch 2 each, equals 1 process with batch 2 x accumulation 2:
+    the same examples per optimizer step, the same loss curve and the same adapter (fp32 tolerance)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    def args(out, accum):
+        return ["-m", "medqa.cli", "train", "--model", str(qwen_dir), "--dataset", "demo", "--data.train_size", "32",
+                "--out", str(out), "--train.max_steps", "6", "--train.batch_size", "2", "--train.grad_accum", str(accum),
+                "--train.batching", "padded", "--train.calibration_size", "0", "--train.logging_steps", "1",
+                "--train.lr", "1e-2", "--lora.dropout", "0", "--train.report_to", "[]", "--train.save_steps", "100"]
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, *args(tmp_path / "one", 2)], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert one.returncode == 0, one.stderr[-2000:]
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), *args(tmp_path / "two", 1)],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert two.stdout.count('"steps": 6') == 1  # rank 0 reports, rank 1 stays quiet
+
+    def curve(run):
+        return [json.loads(x)["loss"] for x in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+
+    c1, c2 = curve(tmp_path / "one"), curve(tmp_path / "two")
+    assert len(c1) == len(c2) == 6
+    assert c1 == pytest.approx(c2, rel=2e-3)
+    assert c1[-1] < c1[0]
+    s2 = json.loads((tmp_path / "two" / "train_summary.json").read_text())
+    assert s2["processes"] == 2
+    a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
+    b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4, rtol=1e-3), k
+
+
+def test_accelerate_launch_configs_load():
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    folder = Path(__file__).resolve().parents[1] / "configs" / "accelerate"
+    got = {f.stem: load_config_from_file(str(f)) for f in folder.glob("*.yaml")}
+    assert set(got) == {"ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "multi_node"}
+    assert got["ddp"].distributed_type == "MULTI_GPU"
+    assert got["fsdp"].distributed_type == "FSDP" and got["fsdp"].fsdp_config["fsdp_version"] == 2
+    assert got["deepspeed_zero2"].deepspeed_config["zero_stage"] == 2
+    assert got["deepspeed_zero3"].deepspeed_config["zero_stage"] == 3
+    assert got["multi_node"].num_machines == 2 and got["multi_node"].num_processes == 16
+    assert all(c.mixed_precision == "no" for c in got.values())  # the model is loaded in bf16/fp16 by MedQA
+
+
+def test_hardware_env_is_set_before_torch_starts(tmp_path):
+    """`hardware.env` reaches torch: the thread count and a ROCm variable, seen by `medqa doctor`."""
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "hw.yaml"
+    cfg.write_text("hardware:\n  env: {OMP_NUM_THREADS: 1, HIP_VISIBLE_DEVICES: '0'}\n")
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_NUM_THREADS", "HIP_VISIBLE_DEVICES")}
+    p = subprocess.run([sys.executable, "-m", "medqa.cli", "doctor", "--json", "--config", str(cfg)],
+                       capture_output=True, text=True, env=env, timeout=120)
+    assert p.returncode == 0, p.stderr
+    report = json.loads(p.stdout)
+    assert report["env"]["HIP_VISIBLE_DEVICES"] == "0"
+    assert report["devices"][0]["threads"] == 1  # OMP_NUM_THREADS was in place when torch started
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hardware:\n  envs: {}\n")
+    p = subprocess.run([sys.executable, "-m", "medqa.cli", "doctor", "--config", str(bad)], capture_output=True,
+                       text=True, timeout=120)
+    assert p.returncode == 2 and "unknown key 'hardware.envs'" in p.stderr

@@ -169,6 +169,8 @@ def _run(ns: argparse.Namespace) -> int:
         return 0
     if ns.command == "train":
         r = recipes.run_train(cfg)
+        if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch rank 0 reports
+            return 0
         console.print(json.dumps({k: r["train"][k] for k in ("steps", "train_loss", "seconds", "adapter")}))
         if "after" in r:
             console.print(f"held-out accuracy {r['after']['accuracy']:.1%} on {r['after']['n']} questions")

@@ -100,8 +100,14 @@ class TrainConfig(_Section):
         "auto",
         description="auto: padding-free with flash attention, length-grouped otherwise; padded: random order, padded",
     )
+    completion_only_loss: bool = Field(
+        True, description="learn only the answer and explanation (false: every token, prompt included, as TRL)"
+    )
     target_only_logits: bool = Field(
         True, description="compute the vocabulary logits only where a target token is predicted"
+    )
+    shared_prefix: bool = Field(
+        True, description="run the tokens every row of a batch starts with (system prompt) once per batch"
     )
     eval_size: int = Field(0, ge=0, description="questions held out of training, scored every eval_steps (0: off)")
     eval_steps: int = Field(50, ge=1, description="optimizer steps between evaluations during training")

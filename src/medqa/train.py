@@ -40,7 +40,9 @@ from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
 
 
-def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int) -> tuple[list[dict], dict[str, int]]:
+def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int,
+                   completion_only: bool = True) -> tuple[list[dict], dict[str, int]]:
+    """Token ids and labels per example (labels -100 on the prompt unless `completion_only` is off)."""
     feats, stats = [], {"examples": 0, "truncated": 0, "dropped_too_long": 0}
     for r in records:
         ex = fmt.encode_example(r, max_length)
@@ -48,6 +50,8 @@ def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int)
             stats["dropped_too_long"] += 1
             continue
         stats["truncated"] += int(ex.pop("truncated"))
+        if not completion_only:
+            ex["labels"] = list(ex["input_ids"])
         ex["length"] = len(ex["input_ids"])  # for length-grouped batches
         feats.append(ex)
     stats["examples"] = len(feats)
@@ -223,19 +227,47 @@ def check_memory(estimate: dict[str, int], free: int, device: str) -> None:
 
 # ----------------------------------------------------------------------------- the trainer
 
-def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None) -> torch.Tensor:
+def shared_prefix_length(input_ids: torch.Tensor, first_kept: int) -> int:
+    """Tokens every row of the batch starts with (e.g. the system prompt), stopping before the first
+    position whose logits are needed and leaving each row at least one token of its own."""
+    if input_ids.shape[0] < 2:
+        return 0
+    same = (input_ids == input_ids[:1]).all(dim=0)
+    differ = (~same).nonzero()
+    n = int(differ[0]) if len(differ) else input_ids.shape[1]
+    return max(0, min(n, first_kept, input_ids.shape[1] - 1))
+
+
+def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
+                     share_prefix: bool = False, prefix_model: Any = None) -> torch.Tensor:
     """Causal-LM cross-entropy computing the vocabulary logits only at positions that predict a target
     token (`logits_to_keep` with the positions, shared by the rows of the batch). Equal to the model's
-    own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given."""
+    own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given.
+
+    `share_prefix`: the tokens all rows start with (the system prompt and template) are run once, not
+    once per row; the rows continue from that prefix's keys and values (same result, gradients flow
+    through the prefix once). `prefix_model` runs the prefix (the unwrapped model under DDP)."""
     inputs = dict(inputs)
     inputs.setdefault("use_cache", False)
     labels = inputs.pop("labels")
     targets = labels[:, 1:]
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
+    ids = inputs["input_ids"]
+    p = 0
+    if share_prefix and "position_ids" not in inputs and len(keep) and ids.shape[0] > 1:
+        p = shared_prefix_length(ids, int(keep[0]))
+    if p >= 16:  # below that the extra call costs more than it saves
+        out = (prefix_model or model)(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1)
+        cache = out.get("cache", out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
+        cache.batch_repeat_interleave(ids.shape[0])
+        inputs.update(input_ids=ids[:, p:], use_cache=True, **{"cache" if "cache" in out else "past_key_values": cache})
+        keep_in = keep - p
+    else:
+        keep_in = keep
     try:
-        logits = model(**inputs, logits_to_keep=keep).logits.float()
+        logits = model(**inputs, logits_to_keep=keep_in).logits.float()
     except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions
-        logits = model(**inputs).logits[:, keep].float()
+        logits = model(**inputs).logits[:, keep_in].float()
     gold = targets[:, keep]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
                                              ignore_index=-100, reduction="sum")
@@ -252,12 +284,14 @@ def _trainer_class():
 
         token_counter: TokenCounter | None = None
         target_only_logits: bool = True
+        share_prefix: bool = False
         _last_log: tuple[float, int] | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             if not self.target_only_logits or return_outputs or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-            loss = target_only_loss(model, inputs, num_items_in_batch)
+            loss = target_only_loss(model, inputs, num_items_in_batch, share_prefix=self.share_prefix,
+                                    prefix_model=self.accelerator.unwrap_model(model))
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages gradients
             return loss
@@ -417,7 +451,7 @@ def train(
     set_seed(cfg.train.seed)
     tc = cfg.train
     fmt = PromptFormat(tokenizer, cfg.eval.protocol)
-    feats, stats = build_features(fmt, records, tc.max_length)
+    feats, stats = build_features(fmt, records, tc.max_length, tc.completion_only_loss)
     batching = resolve_batching(tc.batching, model)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
     lengths = sorted(f["length"] for f in feats)
@@ -462,6 +496,9 @@ def train(
         if type(cb).__name__ == "TensorBoardCallback":
             cb.logging_dir = str(out / "tensorboard")
     trainer.target_only_logits = tc.target_only_logits
+    # the prefix pass runs on the unwrapped model: proven under DDP (tests), not enabled under sharded engines
+    sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
+    trainer.share_prefix = tc.shared_prefix and batching != "padding_free" and not sharded
     if held_out is not None:
         held_out.trainer = trainer
     t = time.perf_counter()
@@ -488,6 +525,8 @@ def train(
         "protocol": fmt.name,
         "batching": batching,
         "target_only_logits": tc.target_only_logits,
+        "shared_prefix": trainer.share_prefix and tc.target_only_logits,
+        "completion_only_loss": tc.completion_only_loss,
         "gradient_checkpointing": tc.gradient_checkpointing,
         "steps": trainer.state.global_step,
         "epochs": tc.epochs,
