@@ -31,7 +31,7 @@ import time
 
 import torch
 
-from medqa.config import build_config
+from medqa.config import build_config, parse_value
 from medqa.config import DataConfig
 from medqa.data import load_dataset_config, load_demo
 from medqa.hardware import detect
@@ -140,6 +140,8 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=64, help="training examples")
     ap.add_argument("--data", help="MedMCQA file (default: the bundled demo questions, which have explanations)")
     ap.add_argument("--micro-batch", type=int, nargs="*", default=[], help="extra MedQA runs at these micro-batches")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME:FIELD=VALUE[,FIELD=VALUE]",
+                    help="an extra MedQA run with config overrides, e.g. gc:train.gradient_checkpointing=true")
     ap.add_argument("--skip-reference", action="store_true")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -168,6 +170,10 @@ def main() -> None:
     for mb in args.micro_batch:
         rows[f"mb{mb}"] = run(f"medqa micro-batch {mb} x {16 // mb}", {**common, "train.batch_size": mb,
                                                                        "train.grad_accum": 16 // mb}, args, n_params, peak)
+    for spec in args.variant:
+        name, _, fields = spec.partition(":")
+        extra = {k: parse_value(v) for k, v in (f.split("=", 1) for f in fields.split(",") if f)}
+        rows[name] = run(f"medqa {name}", {**common, **extra}, args, n_params, peak)
     if "ref" in rows:
         ref = rows["ref"]
         for key, r in rows.items():

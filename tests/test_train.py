@@ -203,6 +203,20 @@ def test_batching_modes_train_and_report_their_padding(qwen_dir, tmp_path, batch
         assert share > pytest.shared["padded"]  # grouping by length wastes fewer slots than random order
 
 
+def test_gradient_checkpointing_trains_with_the_default_options(qwen_dir, tmp_path):
+    from medqa.train import target_only_loss
+
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "gc", **{"train.gradient_checkpointing": True,
+                                                               "lora.dropout": 0.0})
+    summary = train(cfg, model, tok, load_demo()[:8], progress=False)
+    assert summary["steps"] == 4 and summary["gradient_checkpointing"] and not summary["shared_prefix"]
+    # asked to share a prefix while checkpointing (no cache in training), the loss falls back to the plain path
+    model.train()
+    batch = PadCollator(tok.pad_token_id)(build_features(PromptFormat(tok), load_demo()[:2], 512)[0])
+    plain = target_only_loss(model, batch)
+    assert float(target_only_loss(model, batch, share_prefix=True)) == pytest.approx(float(plain), abs=1e-5)
+
+
 def test_batching_auto_picks_padding_free_only_for_flash_attention():
     from types import SimpleNamespace
 

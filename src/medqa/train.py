@@ -259,11 +259,13 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     if p >= 16:  # below that the extra call costs more than it saves
         out = (prefix_model or model)(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1)
         cache = out.get("cache", out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
-        cache.batch_repeat_interleave(ids.shape[0])
-        inputs.update(input_ids=ids[:, p:], use_cache=True, **{"cache" if "cache" in out else "past_key_values": cache})
-        keep_in = keep - p
-    else:
-        keep_in = keep
+        if cache is None:  # the model refused a cache (e.g. gradient checkpointing): the plain path
+            p = 0
+        else:
+            cache.batch_repeat_interleave(ids.shape[0])
+            inputs.update(input_ids=ids[:, p:], use_cache=True,
+                          **{"cache" if "cache" in out else "past_key_values": cache})
+    keep_in = keep - p if p >= 16 else keep
     try:
         logits = model(**inputs, logits_to_keep=keep_in).logits.float()
     except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions
@@ -498,7 +500,9 @@ def train(
     trainer.target_only_logits = tc.target_only_logits
     # the prefix pass runs on the unwrapped model: proven under DDP (tests), not enabled under sharded engines
     sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
-    trainer.share_prefix = tc.shared_prefix and batching != "padding_free" and not sharded
+    # gradient checkpointing turns the KV cache off in training, so there is no prefix cache to share
+    trainer.share_prefix = (tc.shared_prefix and batching != "padding_free" and not sharded
+                            and not tc.gradient_checkpointing)
     if held_out is not None:
         held_out.trainer = trainer
     t = time.perf_counter()
