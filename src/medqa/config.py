@@ -202,6 +202,8 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"{p}: config file not found")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save the config as UTF-8") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {str(e).splitlines()[0]}") from None
     if data is None:
@@ -215,11 +217,13 @@ def set_dotted(tree: dict[str, Any], dotted: str, value: Any) -> None:
     """Set `tree['a']['b'] = value` for `dotted='a.b'`, creating sections as needed."""
     keys = dotted.split(".")
     node = tree
-    for k in keys[:-1]:
+    for i, k in enumerate(keys[:-1]):
         nxt = node.get(k)
-        if not isinstance(nxt, dict):
-            nxt = {} if nxt is None else nxt
-            node[k] = nxt
+        if nxt is None:
+            nxt = node[k] = {}
+        elif not isinstance(nxt, dict):
+            raise ConfigError(f"invalid config: unknown key '{dotted}' ('{'.'.join(keys[:i + 1])}' is a value, "
+                              "not a section)")
         node = nxt
     node[keys[-1]] = value
 

@@ -194,6 +194,10 @@ def text_cell(source: str, row: int | str | None, field: str, v: Any, required: 
     s = str(v).strip()
     if required and not s:
         raise DataError(source, row, field, "empty text")
+    try:
+        s.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate, e.g. from a "\ud800" escape in JSON
+        raise DataError(source, row, field, "text is not valid Unicode (a lone surrogate)") from None
     return s or None
 
 

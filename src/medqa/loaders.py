@@ -615,7 +615,7 @@ def generic_record(
         cells.pop()  # trailing empty options: a 4-option row in a 5-option file
         names.pop()
     if not 2 <= len(cells) <= 5:
-        raise DataError(source, row, options if isinstance(options, str) else None,
+        raise DataError(source, row, options if isinstance(options, str) else ",".join(options),
                         f"expected 2 to 5 non-empty options, got {len(cells)}")
     opts = [_text(source, row, n, c) for n, c in zip(names, cells)]
     v = raw.get(answer)
