@@ -322,45 +322,137 @@ def test_training_arguments_follow_the_config(tmp_path):
     assert kw["train_sampling_strategy"] == "group_by_length" and kw["report_to"] == ["tensorboard"]
 
 
+def _train_cmd(qwen_dir, out, steps=24):
+    import sys
+
+    return [sys.executable, "-m", "medqa.cli", "train", "--model", str(qwen_dir), "--dataset", "demo",
+            "--data.train_size", "48", "--out", str(out), "--train.max_steps", str(steps), "--train.save_steps", "4",
+            "--train.batch_size", "4", "--train.grad_accum", "1", "--train.calibration_size", "0",
+            "--train.save_total_limit", "50", "--train.logging_steps", "1", "--train.report_to", "[]"]
+
+
 @pytest.mark.slow
-def test_kill_9_then_resume_reaches_the_same_adapter(qwen_dir, tmp_path):
-    """A real training process is killed (SIGKILL) after a checkpoint; --resume finishes the run and
-    the adapter equals an uninterrupted run's."""
+def test_kill_9_at_three_random_points_then_resume_reaches_the_same_adapter(qwen_dir, tmp_path):
+    """A real training process is killed (SIGKILL) three times at random points of its run (during steps
+    or while a checkpoint is written); each kill loses no completed checkpoint, and `--resume` after the
+    last one finishes with an adapter bitwise equal to an uninterrupted run's."""
     import os
+    import random
     import signal
     import subprocess
-    import sys
     import time
 
     from safetensors.torch import load_file
 
-    def cmd(out):
-        return [sys.executable, "-m", "medqa.cli", "train", "--model", str(qwen_dir), "--dataset", "demo",
-                "--data.train_size", "48", "--out", str(out), "--train.max_steps", "24", "--train.save_steps", "4",
-                "--train.batch_size", "4", "--train.grad_accum", "1", "--train.calibration_size", "0",
-                "--train.save_total_limit", "50", "--train.logging_steps", "1"]
+    from medqa.train import _checkpoint_problem
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    ref = subprocess.run(cmd(tmp_path / "ref"), capture_output=True, text=True, timeout=600, env=env)
+    ref = subprocess.run(_train_cmd(qwen_dir, tmp_path / "ref"), capture_output=True, text=True, timeout=600, env=env)
     assert ref.returncode == 0, ref.stderr[-2000:]
+    seed = int.from_bytes(os.urandom(4), "little")
+    rng = random.Random(seed)
     run = tmp_path / "run"
-    proc = subprocess.Popen(cmd(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    while time.time() < deadline and not (run / "checkpoints" / "checkpoint-8" / "trainer_state.json").is_file():
-        time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait()
-    assert not (run / "adapter").exists()  # it really died before finishing
-    resumed = subprocess.run(cmd(run) + ["--resume"], capture_output=True, text=True, timeout=600, env=env)
+    metrics = run / "metrics.jsonl"
+
+    def step_now() -> int:
+        if not metrics.is_file():
+            return 0
+        lines = [x for x in metrics.read_text().splitlines() if '"loss"' in x]
+        return json.loads(lines[-1])["step"] if lines else 0
+
+    def complete() -> set:
+        cks = run / "checkpoints"
+        return {p.name for p in cks.glob("checkpoint-*") if _checkpoint_problem(p) is None} if cks.is_dir() else set()
+
+    kills = []
+    for k in range(3):
+        cmd = _train_cmd(qwen_dir, run) + (["--resume"] if k else [])
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        target = rng.randint(step_now() + 1, 22 - 2 * (2 - k))  # somewhere in the rest of the run
+        deadline = time.time() + 300
+        while time.time() < deadline and step_now() < target and proc.poll() is None:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 0.3))  # and a random moment inside the step (or its checkpoint)
+        before = complete()
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        kills.append(step_now())
+        assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the run ended before kill {k + 1}"
+        assert before <= complete(), f"seed {seed}: a completed checkpoint was lost"
+    assert not (run / "adapter").exists()
+    resumed = subprocess.run(_train_cmd(qwen_dir, run) + ["--resume"], capture_output=True, text=True, timeout=600,
+                             env=env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resuming from" in resumed.stdout
     a = load_file(tmp_path / "ref" / "adapter" / "adapter_model.safetensors")
     b = load_file(run / "adapter" / "adapter_model.safetensors")
     assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-6), k
-    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines() if "loss" in json.loads(x)]
-    assert steps == list(range(1, 25))  # every step logged once, none lost, none twice
+    for key in a:
+        assert torch.equal(a[key], b[key]), f"seed {seed}, kills at steps {kills}: {key} differs"
+    steps = [json.loads(x)["step"] for x in metrics.read_text().splitlines() if "loss" in json.loads(x)]
+    assert steps == list(range(1, 25)), f"seed {seed}"  # every step logged once, none lost, none twice
+
+
+@pytest.mark.slow
+def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(qwen_dir, tmp_path):
+    """The output directory is a small tmpfs (or, where mounting is not allowed, a file-size limit):
+    a run that runs out of space stops with one clear line; a finished run beside it is untouched, no
+    half-written file stands where a complete one is expected, and `--resume` finishes once there is room."""
+    import hashlib
+    import os
+    import resource
+    import signal
+    import subprocess
+
+    from medqa.train import last_complete_checkpoint
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+                             capture_output=True).returncode == 0
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    try:
+        first = subprocess.run(_train_cmd(qwen_dir, disk / "first", steps=4), capture_output=True, text=True,
+                               timeout=600, env=env)
+        assert first.returncode == 0, first.stderr[-2000:]
+        digest = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in (disk / "first").rglob("*") if p.is_file()}
+        limit = None
+        if mounted:  # leave about 300 kB: enough to start, not enough for the checkpoints
+            free = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
+            (disk / "filler").write_bytes(b"\0" * max(0, free - 300_000))
+        else:
+            limit = 40_000  # bytes per file: the optimizer state of a checkpoint does not fit
+
+        def preexec():
+            if limit:
+                signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+                resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+        full = subprocess.run(_train_cmd(qwen_dir, disk / "second"), capture_output=True, text=True, timeout=600,
+                              env=env, preexec_fn=preexec)
+        assert full.returncode != 0
+        errors = [x for x in full.stderr.splitlines() if x.startswith("medqa: error")]  # a line of its own
+        assert len(errors) == 1 and errors[0].startswith("medqa: error: writing failed, the disk is full"), \
+            full.stderr[-2000:]
+        assert "Traceback" not in full.stderr
+        assert {p: hashlib.sha256(p.read_bytes()).hexdigest()
+                for p in (disk / "first").rglob("*") if p.is_file()} == digest  # the finished run is intact
+        second = disk / "second"
+        for f in second.rglob("*.json"):  # written atomically: complete or absent
+            json.loads(f.read_text())
+        assert not list(second.rglob("*.tmp*"))
+        ck = last_complete_checkpoint(second / "checkpoints")
+        if mounted:
+            (disk / "filler").unlink()
+        resumed = subprocess.run(_train_cmd(qwen_dir, second) + ["--resume"], capture_output=True, text=True,
+                                 timeout=600, env=env)
+        usage = subprocess.run(["du", "-a", str(disk)], capture_output=True, text=True).stdout
+        assert resumed.returncode == 0, resumed.stderr[-600:] + usage
+        assert (ck is None) or f"resuming from {ck}" in resumed.stdout
+        assert (second / "adapter" / "adapter_model.safetensors").is_file()
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)
 
 
 @pytest.mark.slow

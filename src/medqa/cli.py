@@ -100,8 +100,30 @@ def main(argv: list[str] | None = None) -> int:
 
         kind = "error" if isinstance(e, MedQAError) else f"error ({type(e).__name__})"
         msg = " ".join(str(e).split()) or type(e).__name__
+        if _disk_full(e):
+            print(f"\nmedqa: error: writing failed, the disk is full (or a file-size limit was reached): {msg[:300]}. "
+                  "Free some space or choose another --out; files already written are complete, completed "
+                  "checkpoints are kept, and --resume continues from the last one", file=sys.stderr)
+            return 2
         print(f"medqa: {kind}: {msg}", file=sys.stderr)
         return 2 if isinstance(e, MedQAError) else 1
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """ENOSPC / EDQUOT / EFBIG anywhere in the exception chain; torch.save's writer reports a failed write
+    only as an `inline_container.cc` enforce failure (seen on a full tmpfs), so that counts too."""
+    import errno
+
+    seen = 0
+    while e is not None and seen < 10:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+            return True
+        text = str(e)
+        if any(s in text for s in ("No space left on device", "File too large", "Disk quota exceeded",
+                                   "file write failed", "inline_container.cc")):  # torch.save's writer
+            return True
+        e, seen = e.__cause__ or e.__context__, seen + 1
+    return False
 
 
 def _run(ns: argparse.Namespace) -> int:

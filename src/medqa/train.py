@@ -394,14 +394,7 @@ class HeldOutEval:
         return Cb()
 
     def save_best(self, model: Any) -> None:
-        tmp = self.dir.parent / ".best.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(str(tmp / "adapter"))
-        if self.dir.exists():
-            (self.dir / "adapter").rename(tmp / "adapter.old") if (self.dir / "adapter").exists() else None
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / "adapter", self.dir / "adapter")
-        shutil.rmtree(tmp, ignore_errors=True)
+        save_adapter(model, None, self.dir / "adapter")
 
     def load_best_into(self, model: Any) -> bool:
         from peft import set_peft_model_state_dict
@@ -412,6 +405,28 @@ class HeldOutEval:
             return False
         set_peft_model_state_dict(model, load_file(str(f), device=str(next(model.parameters()).device)))
         return True
+
+
+def save_adapter(model: Any, tokenizer: Any, dest: Path) -> Path:
+    """Save the adapter (and tokenizer) into a temporary folder beside `dest`, then swap it in: `dest` is
+    the old complete adapter or the new complete one, never a half-written one (a full disk, a kill)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    old = dest.parent / f".{dest.name}.old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        model.save_pretrained(str(tmp))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    if dest.exists():
+        os.replace(dest, old)
+    os.replace(tmp, dest)
+    shutil.rmtree(old, ignore_errors=True)
+    return dest
 
 
 def _report_to(requested: list[str]) -> list[str]:
@@ -516,8 +531,7 @@ def train(
             best["kept"] = held_out.load_best_into(model)
     adapter_dir = out / "adapter"
     if trainer.is_world_process_zero():
-        model.save_pretrained(str(adapter_dir))
-        tokenizer.save_pretrained(str(adapter_dir))
+        save_adapter(model, tokenizer, adapter_dir)
     n_label_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
     n_tokens = sum(f["length"] for f in feats)
     epochs_done = trainer.state.epoch or 0.0
