@@ -535,3 +535,18 @@ def test_hardware_env_is_set_before_torch_starts(tmp_path):
     p = subprocess.run([sys.executable, "-m", "medqa.cli", "doctor", "--config", str(bad)], capture_output=True,
                        text=True, timeout=120)
     assert p.returncode == 2 and "unknown key 'hardware.envs'" in p.stderr
+
+
+def test_length_grouped_order_is_seeded_per_epoch_not_global():
+    from medqa.train import _seeded_length_sampler
+
+    lengths = [(i * 37) % 101 + 10 for i in range(64)]
+    a, b = _seeded_length_sampler(8, lengths, seed=3), _seeded_length_sampler(8, lengths, seed=3)
+    first = list(a)
+    torch.manual_seed(999)  # the global RNG does not matter
+    assert list(b) == first and sorted(first) == list(range(64))
+    a.set_epoch(1)
+    assert list(a) != first
+    batches = [first[i:i + 8] for i in range(0, 64, 8)]
+    spread = [max(lengths[j] for j in bt) - min(lengths[j] for j in bt) for bt in batches]
+    assert sum(spread) / len(spread) < 40  # similar lengths batched together (random order: ~75)

@@ -298,6 +298,14 @@ def _trainer_class():
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages gradients
             return loss
 
+        def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
+            sampler = super()._get_train_sampler(train_dataset)
+            if self.args.train_sampling_strategy != "group_by_length" or sampler is None:
+                return sampler
+            ds = train_dataset if train_dataset is not None else self.train_dataset
+            return _seeded_length_sampler(self.args.train_batch_size * self.args.gradient_accumulation_steps,
+                                          ds["length"], self.args.seed)
+
         def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
             if "loss" in logs and self.token_counter is not None:
                 now = time.perf_counter()
@@ -314,6 +322,24 @@ def _trainer_class():
             super().log(logs, start_time)
 
     return MedQATrainer
+
+
+def _seeded_length_sampler(batch_size: int, lengths: list[int], seed: int):
+    """Length-grouped order drawn from seed + epoch (not the global RNG): a resumed run, every rank
+    of a data-parallel run and an uninterrupted run all see the same batches."""
+    from transformers.trainer_pt_utils import LengthGroupedSampler
+
+    class EpochSeeded(LengthGroupedSampler):
+        epoch = 0
+
+        def set_epoch(self, epoch: int) -> None:
+            self.epoch = epoch
+
+        def __iter__(self):
+            self.generator = torch.Generator().manual_seed(seed + self.epoch)
+            return super().__iter__()
+
+    return EpochSeeded(batch_size, lengths=list(lengths))
 
 
 def _metrics_callback(path: Path):
