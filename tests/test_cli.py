@@ -208,3 +208,29 @@ def test_eval_on_several_sets_from_the_command_line(qwen_dir, small_jsonl, tmp_p
     assert s["n"] == 8 and set(s["per_dataset"]) == {"a", "b"}
     assert "2 datasets, size-weighted" in " ".join(capsys.readouterr().out.split())  # rich wraps lines
     assert (tmp_path / "ev" / "a" / "summary.json").is_file() and (tmp_path / "ev" / "b" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_a_token_in_the_environment_never_reaches_logs_or_run_files(qwen_dir, tmp_path):
+    """HF_TOKEN (and the older name) set to a fake token: train and eval print and write nothing of it."""
+    import os
+    import subprocess
+    import sys
+
+    fake = "hf_FAKEtoken0123456789abcdefSECRET"
+    env = {**os.environ, "HF_TOKEN": fake, "HUGGING_FACE_HUB_TOKEN": fake, "OMP_NUM_THREADS": "1"}
+    runs = [["train", "--model", str(qwen_dir), "--dataset", "demo", "--data.train_size", "8",
+             "--out", str(tmp_path / "train"), "--train.max_steps", "2", "--train.save_steps", "1",
+             "--train.calibration_size", "2", "--train.eval_size", "2", "--train.eval_steps", "1",
+             "--eval-data", "demo", "--eval_data.subset", "heldout", "--eval_data.train_size", "190"],
+            ["eval", "--model", str(qwen_dir), "--adapter", str(tmp_path / "train" / "adapter"), "--dataset", "demo",
+             "--limit", "4", "--out", str(tmp_path / "eval")]]
+    for args in runs:
+        p = subprocess.run([sys.executable, "-m", "medqa.cli", *args], capture_output=True, text=True, env=env,
+                           timeout=600)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert fake not in p.stdout and fake not in p.stderr
+    files = [f for f in tmp_path.rglob("*") if f.is_file()]
+    assert len(files) > 20  # checkpoints, TensorBoard events, reports, adapters
+    for f in files:
+        assert fake.encode() not in f.read_bytes(), f

@@ -103,3 +103,26 @@ def test_gguf_and_safetensors_cache_give_the_same_outputs():
     b = score_records(direct, fmt, recs, progress=False)
     for x, y in zip(a, b):
         np.testing.assert_allclose(x, y, atol=1e-5)
+
+
+def test_remote_code_never_runs_unless_asked(tmp_path, qwen_dir):
+    """A model folder that asks for its own code (auto_map) is refused, and the code does not run."""
+    import json
+    import shutil
+
+    from medqa.config import ModelConfig
+    from medqa.errors import ModelError
+    from medqa.modeling import load_model
+
+    evil = tmp_path / "evil"
+    shutil.copytree(qwen_dir, evil)
+    marker = tmp_path / "ran.txt"
+    (evil / "evil_model.py").write_text(f"open({str(marker)!r}, 'w').write('pwned')\n")
+    cfg = json.loads((evil / "config.json").read_text())
+    cfg.update(model_type="evil-arch", auto_map={"AutoConfig": "evil_model.EvilConfig",
+                                                  "AutoModelForCausalLM": "evil_model.EvilModel"})
+    (evil / "config.json").write_text(json.dumps(cfg))
+    assert ModelConfig().trust_remote_code is False
+    with pytest.raises(ModelError, match="cannot load model"):
+        load_model(ModelConfig(name=str(evil), device="cpu"))
+    assert not marker.exists()

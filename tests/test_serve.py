@@ -392,3 +392,113 @@ def test_importing_the_cli_modules_stays_light():
             "print(sorted(m for m in ('torch', 'gradio', 'transformers') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "[]", proc.stdout + proc.stderr
+
+
+# ----------------------------------------------------------------------------- load and security
+
+
+@pytest.mark.slow
+def test_load_two_hundred_requests_from_sixteen_clients_with_bad_ones(qwen_dir):
+    """`medqa demo` in its own process; 16 clients send 200 requests over loopback, one in four of them
+    oversized (1 MB question) or malformed. Every request gets an answer or a clear refusal, none hangs,
+    the server's memory stays bounded, and it keeps serving afterwards."""
+    import psutil
+
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "medqa.cli", "demo", "--model", str(qwen_dir), "--port", str(port),
+                               "--max-new-tokens", "8", "--queue-size", "64", "--device", "cpu"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"})
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        import urllib.request
+
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            try:
+                urllib.request.urlopen(url, timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read()[-2000:]
+                time.sleep(0.5)
+        proc = psutil.Process(server.pid)
+        c = client(url)
+        for _ in range(3):  # warm up, then take the baseline
+            c.predict(QUESTION, OPTIONS, api_name="/answer")
+        base = proc.memory_info().rss
+        peak = [base]
+        stop = False
+
+        def sample():
+            while not stop:
+                peak[0] = max(peak[0], proc.memory_info().rss)
+                time.sleep(0.05)
+
+        def request(cl, i: int) -> str:
+            kind = ("oversized", "malformed", "ok", "ok")[i % 4]
+            if kind == "oversized":
+                args = ("x" * 1_000_000, OPTIONS)
+            elif kind == "malformed":
+                args = [("", OPTIONS), ("Q?", ["only"]), ("Q?", ["a", "a"]), ("Q?", ["a", "y" * 5000])][(i // 4) % 4]
+            else:
+                args = (f"{QUESTION} ({i})", OPTIONS)
+            job = cl.submit(*args, api_name="/answer")
+            try:
+                r = job.result(timeout=TIMEOUT)
+            except gradio_client.exceptions.AppError as e:
+                assert kind != "ok", repr(e)
+                assert any(m in str(e) for m in ("too long", "empty", "too few", "the same as")), repr(e)
+                return "refused"
+            assert kind == "ok" and r["letter"] in "ABCD" and r["disclaimer"] == DISCLAIMER
+            return "answered"
+
+        def worker(w: int) -> list[str]:
+            cl = client(url)
+            return [request(cl, i) for i in range(w, 200, 16)]
+
+        sampler = ThreadPoolExecutor(1)
+        sampler.submit(sample)
+        t = time.perf_counter()
+        with ThreadPoolExecutor(16) as pool:
+            futures = [pool.submit(worker, w) for w in range(16)]
+            done, pending = wait(futures, timeout=600)
+            assert not pending, f"{len(pending)} clients hung"
+            outcomes = [o for f in futures for o in f.result()]
+        seconds = time.perf_counter() - t
+        stop = True
+        sampler.shutdown()
+        assert len(outcomes) == 200
+        assert outcomes.count("answered") == 100 and outcomes.count("refused") == 100
+        grown = (peak[0] - base) / 2**20
+        assert grown < 300, f"server memory grew by {grown:.0f} MiB under load"
+        r = client(url).predict(QUESTION, OPTIONS, api_name="/answer")  # still serving
+        assert r["letter"] in "ABCD"
+        assert server.poll() is None
+        print(f"\n200 requests from 16 clients in {seconds:.1f} s; server RSS +{grown:.0f} MiB at peak")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_files_outside_the_app_cannot_be_fetched(served):
+    """Paths from requests cannot escape: the file routes refuse system files and traversal."""
+    import urllib.error
+    import urllib.request
+
+    _, url = served
+    import tempfile
+
+    secret = Path(tempfile.gettempdir()) / "medqa-secret-probe.txt"
+    secret.write_text("root:secret")
+    try:
+        for path in (f"gradio_api/file={secret}", "gradio_api/file=/etc/passwd",
+                     "gradio_api/file=../../../../etc/passwd", "file=/etc/passwd",
+                     "gradio_api/file=%2e%2e/%2e%2e/%2e%2e/etc/passwd", f"static/../../../..{secret}"):
+            try:
+                with urllib.request.urlopen(url + path, timeout=10) as resp:
+                    body = resp.read().decode(errors="replace")
+                    assert "root:" not in body, path
+            except urllib.error.HTTPError as e:
+                assert e.code in (400, 403, 404, 405), (path, e.code)
+    finally:
+        secret.unlink()
