@@ -561,6 +561,9 @@ def train(
     n_label_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
     n_tokens = sum(f["length"] for f in feats)
     epochs_done = trainer.state.epoch or 0.0
+    start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
+    # throughput of this process's share of the run (a resumed run timed only the steps it did)
+    share = (trainer.state.global_step - start_step) / trainer.state.global_step if trainer.state.global_step else 0.0
     summary = {
         "model": cfg.model.name,
         "hardware": hw.as_dict(),
@@ -577,8 +580,9 @@ def train(
         "epochs_done": round(epochs_done, 4),
         "train_loss": result.training_loss,
         "seconds": round(seconds, 2),
-        "examples_per_second": round(stats["examples"] * epochs_done / seconds, 3) if seconds else None,
-        "tokens_per_second": round(n_tokens * epochs_done / seconds, 1) if seconds else None,
+        "resumed_from_step": start_step,
+        "examples_per_second": round(stats["examples"] * epochs_done * share / seconds, 3) if seconds else None,
+        "tokens_per_second": round(n_tokens * epochs_done * share / seconds, 1) if seconds else None,
         "non_padding_share": round(collator.non_padding_share, 4),
         "data": stats,
         "tokens": n_tokens,
