@@ -379,6 +379,8 @@ def test_kill_9_at_three_random_points_then_resume_reaches_the_same_adapter(qwen
         kills.append(step_now())
         assert proc.returncode == -signal.SIGKILL, f"seed {seed}: the run ended before kill {k + 1}"
         assert before <= complete(), f"seed {seed}: a completed checkpoint was lost"
+        every = {p.name for p in (run / "checkpoints").glob("checkpoint-*")} if (run / "checkpoints").is_dir() else set()
+        assert every == complete(), f"seed {seed}: a checkpoint folder is incomplete (saving is not atomic)"
     assert not (run / "adapter").exists()
     resumed = subprocess.run(_train_cmd(qwen_dir, run) + ["--resume"], capture_output=True, text=True, timeout=600,
                              env=env)
@@ -470,7 +472,7 @@ def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path):
         return ["-m", "medqa.cli", "train", "--model", str(qwen_dir), "--dataset", "demo", "--data.train_size", "32",
                 "--out", str(out), "--train.max_steps", "6", "--train.batch_size", "2", "--train.grad_accum", str(accum),
                 "--train.batching", "padded", "--train.calibration_size", "0", "--train.logging_steps", "1",
-                "--train.lr", "1e-2", "--lora.dropout", "0", "--train.report_to", "[]", "--train.save_steps", "100"]
+                "--train.lr", "1e-2", "--lora.dropout", "0", "--train.report_to", "[]", "--train.save_steps", "3"]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, *args(tmp_path / "one", 2)], capture_output=True, text=True, env=env,
@@ -494,6 +496,10 @@ def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path):
     assert c1[-1] < c1[0]
     s2 = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert s2["processes"] == 2
+    cks = tmp_path / "two" / "checkpoints"  # atomic checkpoints under 2 ranks: each rank's RNG state inside
+    assert sorted(p.name for p in cks.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
+    assert {p.name for p in (cks / "checkpoint-6").glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert not (cks / ".staging").exists()
     a = load_file(tmp_path / "one" / "adapter" / "adapter_model.safetensors")
     b = load_file(tmp_path / "two" / "adapter" / "adapter_model.safetensors")
     for k in a:

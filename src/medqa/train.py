@@ -22,6 +22,7 @@ The run directory gets:
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
@@ -298,6 +299,42 @@ def _trainer_class():
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages gradients
             return loss
 
+        _staging: str | None = None
+
+        def _get_output_dir(self, trial):  # noqa: ANN001
+            return self._staging or super()._get_output_dir(trial)
+
+        def _save_checkpoint(self, model, trial):  # noqa: ANN001
+            """Atomic checkpoints: written into OUT/checkpoints/.staging, then renamed into place, so a
+            `checkpoint-N` folder is either complete or absent (a kill or a full disk mid-save)."""
+            from transformers.trainer_utils import rotate_checkpoints
+
+            run_dir = super()._get_output_dir(trial)
+            name = f"checkpoint-{self.state.global_step}"
+            staging = os.path.join(run_dir, ".staging")
+            if self.args.should_save:
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)
+            self.accelerator.wait_for_everyone()
+            self._staging = staging
+            try:
+                super()._save_checkpoint(model, trial)
+            except BaseException:
+                shutil.rmtree(os.path.join(staging, name), ignore_errors=True)  # e.g. a full disk: no debris
+                raise
+            finally:
+                self._staging = None
+            self.accelerator.wait_for_everyone()  # every rank's files (e.g. its RNG state) are written
+            if self.args.should_save:
+                final = os.path.join(run_dir, name)
+                if os.path.exists(final):  # a leftover of an earlier, interrupted run
+                    shutil.rmtree(final)
+                os.replace(os.path.join(staging, name), final)
+                with contextlib.suppress(OSError):
+                    os.rmdir(staging)
+                rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                                   best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            self.accelerator.wait_for_everyone()
+
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
             sampler = super()._get_train_sampler(train_dataset)
             if self.args.train_sampling_strategy != "group_by_length" or sampler is None:
@@ -508,6 +545,7 @@ def train(
     report_to = _report_to(tc.report_to)
     args = TrainingArguments(**_training_kwargs(tc, out, dtype, hw, batching, report_to, progress))
     metrics_path = out / "metrics.jsonl"
+    shutil.rmtree(out / "checkpoints" / ".staging", ignore_errors=True)  # a save interrupted by a kill
     resume_from = last_complete_checkpoint(out / "checkpoints") if tc.resume else None
     if resume_from is None:
         metrics_path.unlink(missing_ok=True)
