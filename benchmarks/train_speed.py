@@ -114,12 +114,13 @@ def child(name: str, overrides: dict, data: str | None, n: int) -> dict:
     with PeakMemory(detect(cfg.model.device).device) as mem:
         s = train(cfg, model, tok, records, progress=False)
     return {"name": name, "seconds": s["seconds"], "examples_per_s": s["examples_per_second"],
+            "computed": s["computed"], "gc": s["gradient_checkpointing"], "slots": s["tokens"] * s["epochs_done"] / s["non_padding_share"],
             "tokens": s["tokens"] * s["epochs_done"], "non_padding_share": s["non_padding_share"],
             "peak_mib": mem.bytes / 2**20, "estimate_mib": s["memory_estimate_bytes"]["total"] / 2**20,
             "loss": s["train_loss"], "batching": s["batching"]}
 
 
-def run(name: str, overrides: dict, args, n_params: int, peak_flops: float) -> dict:
+def run(name: str, overrides: dict, args, n_params: int, peak_flops: float, n_head: int) -> dict:
     spec = json.dumps({"name": name, "overrides": overrides, "data": args.data, "n": args.n})
     p = subprocess.run([sys.executable, __file__, "--child", spec], capture_output=True, text=True)
     if p.returncode != 0:
@@ -128,9 +129,17 @@ def run(name: str, overrides: dict, args, n_params: int, peak_flops: float) -> d
     row["tokens_per_s"] = row["tokens"] / row["seconds"]
     flops = 4 * n_params * row["tokens"] / row["seconds"]
     row["mfu"] = flops / peak_flops
+    # FLOPs actually executed: every position run (padding and a shared prefix as run), the vocabulary
+    # projection only where logits were computed (the model's own loss: at every position), recomputation
+    positions = row["computed"].get("positions", row["slots"])
+    logits = row["computed"].get("logit_positions", row["slots"])
+    body = 6 if row["gc"] else 4  # gradient checkpointing runs the decoder's forward twice
+    executed = (body * (n_params - n_head) * positions + 4 * n_head * logits) / row["seconds"]
+    row["executed_mfu"] = executed / peak_flops
     print(f"{name:>28}: {row['seconds']:7.1f} s  {row['examples_per_s']:6.3f} ex/s  {row['tokens_per_s']:7.1f} tok/s  "
           f"non-padding {row['non_padding_share']:.1%}  peak +{row['peak_mib']:.0f} MiB (estimate {row['estimate_mib']:.0f})  "
-          f"{flops / 1e9:.1f} GFLOP/s = {row['mfu']:.1%} of peak  loss {row['loss']:.3f}", flush=True)
+          f"{flops / 1e9:.1f} GFLOP/s = {row['mfu']:.1%} of peak (executed {executed / 1e9:.1f} = "
+          f"{row['executed_mfu']:.1%})  loss {row['loss']:.3f}", flush=True)
     return row
 
 
@@ -155,6 +164,7 @@ def main() -> None:
               "train.warmup_ratio": 0.0}
     probe, _ = load_model(build_config(None, {"model.name": args.model}).model)
     n_params = sum(p.numel() for p in probe.parameters())
+    n_head = probe.get_output_embeddings().weight.numel()  # the vocabulary projection (tied or not)
     dtype = next(probe.parameters()).dtype
     del probe
     peak = matmul_peak(hw.device, dtype)
@@ -165,15 +175,15 @@ def main() -> None:
     if not args.skip_reference:
         rows["ref"] = run("reference recipe", {**common, "train.batching": "padded", "train.completion_only_loss": False,
                                                "train.target_only_logits": False,
-                                               "train.gradient_checkpointing": True}, args, n_params, peak)
-    rows["medqa"] = run("medqa default", common, args, n_params, peak)
+                                               "train.gradient_checkpointing": True}, args, n_params, peak, n_head)
+    rows["medqa"] = run("medqa default", common, args, n_params, peak, n_head)
     for mb in args.micro_batch:
         rows[f"mb{mb}"] = run(f"medqa micro-batch {mb} x {16 // mb}", {**common, "train.batch_size": mb,
-                                                                       "train.grad_accum": 16 // mb}, args, n_params, peak)
+                                                                       "train.grad_accum": 16 // mb}, args, n_params, peak, n_head)
     for spec in args.variant:
         name, _, fields = spec.partition(":")
         extra = {k: parse_value(v) for k, v in (f.split("=", 1) for f in fields.split(",") if f)}
-        rows[name] = run(f"medqa {name}", {**common, **extra}, args, n_params, peak)
+        rows[name] = run(f"medqa {name}", {**common, **extra}, args, n_params, peak, n_head)
     if "ref" in rows:
         ref = rows["ref"]
         for key, r in rows.items():

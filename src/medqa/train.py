@@ -240,14 +240,16 @@ def shared_prefix_length(input_ids: torch.Tensor, first_kept: int) -> int:
 
 
 def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
-                     share_prefix: bool = False, prefix_model: Any = None) -> torch.Tensor:
+                     share_prefix: bool = False, prefix_model: Any = None,
+                     work: dict[str, int] | None = None) -> torch.Tensor:
     """Causal-LM cross-entropy computing the vocabulary logits only at positions that predict a target
     token (`logits_to_keep` with the positions, shared by the rows of the batch). Equal to the model's
     own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given.
 
     `share_prefix`: the tokens all rows start with (the system prompt and template) are run once, not
     once per row; the rows continue from that prefix's keys and values (same result, gradients flow
-    through the prefix once). `prefix_model` runs the prefix (the unwrapped model under DDP)."""
+    through the prefix once). `prefix_model` runs the prefix (the unwrapped model under DDP).
+    `work` accumulates what was computed: token positions run through the model, logit positions."""
     inputs = dict(inputs)
     inputs.setdefault("use_cache", False)
     labels = inputs.pop("labels")
@@ -267,6 +269,10 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
             inputs.update(input_ids=ids[:, p:], use_cache=True,
                           **{"cache" if "cache" in out else "past_key_values": cache})
     keep_in = keep - p if p >= 16 else keep
+    if work is not None:
+        rows, width = ids.shape
+        work["positions"] = work.get("positions", 0) + (p + rows * (width - p) if p >= 16 else rows * width)
+        work["logit_positions"] = work.get("logit_positions", 0) + rows * len(keep)
     try:
         logits = model(**inputs, logits_to_keep=keep_in).logits.float()
     except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions
@@ -288,13 +294,14 @@ def _trainer_class():
         token_counter: TokenCounter | None = None
         target_only_logits: bool = True
         share_prefix: bool = False
+        work: dict[str, int] | None = None
         _last_log: tuple[float, int] | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
             if not self.target_only_logits or return_outputs or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = target_only_loss(model, inputs, num_items_in_batch, share_prefix=self.share_prefix,
-                                    prefix_model=self.accelerator.unwrap_model(model))
+                                    prefix_model=self.accelerator.unwrap_model(model), work=self.work)
             if num_items_in_batch is not None and self.args.average_tokens_across_devices:
                 loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages gradients
             return loss
@@ -577,6 +584,7 @@ def train(
         if type(cb).__name__ == "TensorBoardCallback":
             cb.logging_dir = str(out / "tensorboard")
     trainer.target_only_logits = tc.target_only_logits
+    trainer.work = {}
     # the prefix pass runs on the unwrapped model: proven under DDP (tests), not enabled under sharded engines
     sharded = getattr(trainer, "is_fsdp_enabled", False) or getattr(trainer, "is_deepspeed_enabled", False)
     # gradient checkpointing turns the KV cache off in training, so there is no prefix cache to share
@@ -627,6 +635,9 @@ def train(
         "label_tokens": n_label_tokens,
         "length_p50_p90_max": [lengths[len(lengths) // 2], lengths[int(len(lengths) * 0.9)], lengths[-1]],
         "memory_estimate_bytes": mem,
+        # positions run through the model (padding included, a shared prefix once per batch) and positions
+        # given vocabulary logits, by this process; empty when the model's own loss was used
+        "computed": dict(trainer.work),
         "best": best,
         "adapter": str(adapter_dir),
         "versions": library_versions(),
