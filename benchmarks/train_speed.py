@@ -39,26 +39,11 @@ from medqa.modeling import apply_lora, load_model
 from medqa.train import train
 
 
-def matmul_peak(device: str, dtype: torch.dtype, seconds: float = 3.0) -> float:
+def matmul_peak(device: str, dtype: torch.dtype) -> float:
     """Best FLOP/s of square matmuls (1024..4096) on this device and dtype."""
-    best = 0.0
-    for n in (1024, 2048, 4096):
-        a = torch.randn(n, n, device=device, dtype=dtype)
-        b = torch.randn(n, n, device=device, dtype=dtype)
-        torch.mm(a, b)
-        _sync(device)
-        reps, t = 0, time.perf_counter()
-        while time.perf_counter() - t < seconds / 3:
-            torch.mm(a, b)
-            reps += 1
-        _sync(device)
-        best = max(best, 2 * n**3 * reps / (time.perf_counter() - t))
-    return best
+    from gpu_bench import matmul_peak as square_peak  # benchmarks/ is on sys.path when run as a script
 
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    return max(square_peak(device, dtype, n) for n in (1024, 2048, 4096))
 
 
 class PeakMemory:
@@ -69,7 +54,6 @@ class PeakMemory:
 
     def __enter__(self):
         if self.device.startswith("cuda"):
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
             self.start = torch.cuda.memory_allocated()
         else:
