@@ -259,7 +259,8 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     p = 0
     if share_prefix and "position_ids" not in inputs and len(keep) and ids.shape[0] > 1:
         p = shared_prefix_length(ids, int(keep[0]))
-    if p >= 16:  # below that the extra call costs more than it saves
+        p = p if p >= 16 else 0  # below that the extra call costs more than it saves
+    if p:
         out = (prefix_model or model)(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1)
         cache = out.get("cache", out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
         if cache is None:  # the model refused a cache (e.g. gradient checkpointing): the plain path
@@ -268,10 +269,10 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
             cache.batch_repeat_interleave(ids.shape[0])
             inputs.update(input_ids=ids[:, p:], use_cache=True,
                           **{"cache" if "cache" in out else "past_key_values": cache})
-    keep_in = keep - p if p >= 16 else keep
+    keep_in = keep - p
     if work is not None:
         rows, width = ids.shape
-        work["positions"] = work.get("positions", 0) + (p + rows * (width - p) if p >= 16 else rows * width)
+        work["positions"] = work.get("positions", 0) + p + rows * (width - p)
         work["logit_positions"] = work.get("logit_positions", 0) + rows * len(keep)
     try:
         logits = model(**inputs, logits_to_keep=keep_in).logits.float()
@@ -289,7 +290,8 @@ def _trainer_class():
     from transformers import Trainer
 
     class MedQATrainer(Trainer):
-        """Trainer with target-only logits and token throughput in the logs."""
+        """Trainer with target-only logits and shared prefixes, atomic checkpoints, seeded length-grouped
+        order, and tokens/s and the non-padding share in the logs."""
 
         token_counter: TokenCounter | None = None
         target_only_logits: bool = True
