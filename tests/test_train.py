@@ -180,6 +180,9 @@ def test_shared_prefix_length():
     assert shared_prefix_length(same, first_kept=10) == 2  # each row keeps a token of its own
 
 
+_SHARES: dict[str, float] = {}  # non-padding share per batching mode, compared across the parametrised runs
+
+
 @pytest.mark.parametrize("batching", ["padded", "length_grouped", "padding_free"])
 def test_batching_modes_train_and_report_their_padding(qwen_dir, tmp_path, batching):
     cfg, model, tok = _tiny_run(qwen_dir, tmp_path / batching, **{
@@ -196,11 +199,10 @@ def test_batching_modes_train_and_report_their_padding(qwen_dir, tmp_path, batch
     if batching == "padding_free":
         assert share == 1.0
     else:
-        pytest.shared = getattr(pytest, "shared", {})
-        pytest.shared[batching] = share
+        _SHARES[batching] = share
         assert 0.5 < share < 1.0
-    if batching == "length_grouped" and "padded" in getattr(pytest, "shared", {}):
-        assert share > pytest.shared["padded"]  # grouping by length wastes fewer slots than random order
+    if batching == "length_grouped" and "padded" in _SHARES:
+        assert share > _SHARES["padded"]  # grouping by length wastes fewer slots than random order
 
 
 def test_gradient_checkpointing_trains_with_the_default_options(qwen_dir, tmp_path):

@@ -406,15 +406,17 @@ class HeldOutEval:
     without improvement. Its state lives in OUT/best/best.json, so a resumed run continues it."""
 
     def __init__(self, fmt: PromptFormat, records: list[MCQRecord], batch_size: int, every: int, out: Path,
-                 patience: int | None, resume: bool):
+                 patience: int | None, resume_step: int | None):
         self.fmt, self.records, self.batch_size, self.every = fmt, records, batch_size, every
         self.dir = out / "best"
         self.patience = patience
         self.trainer: Any = None
         self.state = {"step": None, "accuracy": -1.0, "evals_since_best": 0, "history": []}
-        if resume and (self.dir / "best.json").is_file():
+        if resume_step is not None and (self.dir / "best.json").is_file():
             self.state = json.loads((self.dir / "best.json").read_text())
-        elif not resume and self.dir.exists():
+            # forget evaluations logged after the checkpoint the run restarts from
+            self.state["history"] = [h for h in self.state["history"] if h["step"] <= resume_step]
+        elif resume_step is None and self.dir.exists():
             shutil.rmtree(self.dir)
 
     def score(self, model: Any) -> dict[str, float]:
@@ -556,23 +558,20 @@ def train(
     metrics_path = out / "metrics.jsonl"
     shutil.rmtree(out / "checkpoints" / ".staging", ignore_errors=True)  # a save interrupted by a kill
     resume_from = last_complete_checkpoint(out / "checkpoints") if tc.resume else None
+    start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
     if resume_from is None:
         metrics_path.unlink(missing_ok=True)
     else:  # keep the log of the steps already done, drop anything logged after that checkpoint
-        done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
         kept = [x for x in (metrics_path.read_text().splitlines() if metrics_path.is_file() else [])
-                if x.strip() and json.loads(x).get("step", 0) <= done]
+                if x.strip() and json.loads(x).get("step", 0) <= start_step]
         atomic_write_text(metrics_path, "".join(x + "\n" for x in kept))
-        print(f"medqa: resuming from {resume_from} (step {done})", flush=True)
+        print(f"medqa: resuming from {resume_from} (step {start_step})", flush=True)
     collator: TokenCounter = FlatCollator() if batching == "padding_free" else PadCollator(tokenizer.pad_token_id)
     callbacks = [_metrics_callback(metrics_path)]
     held_out = None
     if eval_records:
         held_out = HeldOutEval(fmt, eval_records, cfg.eval.batch_size, tc.eval_steps, out, tc.early_stopping_patience,
-                               resume=resume_from is not None)
-        if resume_from is not None:  # forget evaluations logged after the checkpoint we restart from
-            done = json.loads((resume_from / "trainer_state.json").read_text())["global_step"]
-            held_out.state["history"] = [h for h in held_out.state["history"] if h["step"] <= done]
+                               resume_step=start_step if resume_from else None)
         callbacks.append(held_out.callback())
     trainer = _trainer_class()(
         model=model,
@@ -609,7 +608,6 @@ def train(
     n_label_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
     n_tokens = sum(f["length"] for f in feats)
     epochs_done = trainer.state.epoch or 0.0
-    start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
     # throughput of this process's share of the run (a resumed run timed only the steps it did)
     share = (trainer.state.global_step - start_step) / trainer.state.global_step if trainer.state.global_step else 0.0
     summary = {
