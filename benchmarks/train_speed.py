@@ -159,7 +159,7 @@ def main() -> None:
     if not args.skip_reference:
         rows["ref"] = run("reference recipe", {**common, "train.batching": "padded", "train.completion_only_loss": False,
                                                "train.target_only_logits": False,
-                                               "train.gradient_checkpointing": True}, args, n_params, peak, n_head)
+                                               "train.lean_activations": False, "train.gradient_checkpointing": True}, args, n_params, peak, n_head)
     rows["medqa"] = run("medqa default", common, args, n_params, peak, n_head)
     for mb in args.micro_batch:
         rows[f"mb{mb}"] = run(f"medqa micro-batch {mb} x {16 // mb}", {**common, "train.batch_size": mb,

@@ -228,8 +228,8 @@ def test_batching_auto_picks_padding_free_only_for_flash_attention():
         return SimpleNamespace(config=SimpleNamespace(_attn_implementation=impl))
 
     assert resolve_batching("auto", m("flash_attention_2")) == "padding_free"
-    assert resolve_batching("auto", m("sdpa")) == "length_grouped"
-    assert resolve_batching("auto", m("eager")) == "length_grouped"
+    assert resolve_batching("auto", m("sdpa")) == "balanced"
+    assert resolve_batching("auto", m("eager")) == "balanced"
     assert resolve_batching("padded", m("flash_attention_2")) == "padded"
 
 

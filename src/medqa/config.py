@@ -96,9 +96,10 @@ class TrainConfig(_Section):
     save_steps: int = Field(100, ge=1)
     save_total_limit: int = Field(2, ge=1)
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, ~15% slower)")
-    batching: Literal["auto", "padding_free", "length_grouped", "padded"] = Field(
+    batching: Literal["auto", "padding_free", "balanced", "length_grouped", "padded"] = Field(
         "auto",
-        description="auto: padding-free with flash attention, length-grouped otherwise; padded: random order, padded",
+        description="auto: padding-free with flash attention, balanced otherwise (equal-size micro-batches of "
+        "length-sorted examples); length_grouped: batch_size similar lengths; padded: random order, padded",
     )
     completion_only_loss: bool = Field(
         True, description="learn only the answer and explanation (false: every token, prompt included, as TRL)"
@@ -108,6 +109,9 @@ class TrainConfig(_Section):
     )
     shared_prefix: bool = Field(
         True, description="run the tokens every row of a batch starts with (system prompt) once per batch"
+    )
+    lean_activations: bool = Field(
+        True, description="save fewer activations for backward (SwiGLU, LoRA dropout, GQA on CPU): same gradients"
     )
     eval_size: int = Field(0, ge=0, description="questions held out of training, scored every eval_steps (0: off)")
     eval_steps: int = Field(50, ge=1, description="optimizer steps between evaluations during training")

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
 import json
 import os
 import shutil
@@ -39,6 +40,7 @@ from medqa.errors import DataError, ModelError
 from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
+from medqa.lean import lean_training
 
 
 def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int,
@@ -120,11 +122,16 @@ class FlatCollator(TokenCounter):
 
 def resolve_batching(choice: str, model: Any) -> str:
     """auto: padding-free where attention is computed per example without a mask (flash attention),
-    length-grouped otherwise (SDPA/eager would need a dense block-diagonal mask over the whole row)."""
+    balanced otherwise (SDPA/eager would need a dense block-diagonal mask over the whole row).
+
+    balanced: Transformers' BatchRebalanceSampler: each optimizer step takes batch_size x grad_accum
+    random examples, sorts them by length and cuts them into micro-batches of about equal padded size
+    (fewer rows when long, more when short), so little padding and a peak memory set by the average
+    micro-batch, not by batch_size of the longest examples as with length_grouped."""
     if choice != "auto":
         return choice
     impl = str(getattr(getattr(model, "config", None), "_attn_implementation", "") or "")
-    return "padding_free" if "flash" in impl else "length_grouped"
+    return "padding_free" if "flash" in impl else "balanced"
 
 
 CHECKPOINT_FILES = ("trainer_state.json", "adapter_model.safetensors", "optimizer.pt", "scheduler.pt")
@@ -239,9 +246,82 @@ def shared_prefix_length(input_ids: torch.Tensor, first_kept: int) -> int:
     return max(0, min(n, first_kept, input_ids.shape[1] - 1))
 
 
+def common_prefix(features: list[dict[str, Any]], minimum: int = 16) -> list[int]:
+    """Tokens every training example starts with (system prompt and template), ending before any
+    example's first target and leaving each example a token of its own; [] if shorter than `minimum`
+    (below that the extra forward call costs more than it saves)."""
+    if len(features) < 2:
+        return []
+    first = features[0]["input_ids"]
+    n = min(len(f["input_ids"]) - 1 for f in features)
+    for f in features:
+        n = min(n, next((i for i, x in enumerate(f["labels"]) if x != -100), n + 1) - 1)
+        ids = f["input_ids"]
+        while n > 0 and ids[:n] != first[:n]:
+            n = next(i for i in range(n) if ids[i] != first[i])
+    return list(first[:n]) if n >= minimum else []
+
+
+class StepPrefix:
+    """The prefix every example starts with, run once per optimizer step instead of once per micro-batch.
+
+    The weights only change at the optimizer step, so the prefix's keys and values are the same for all
+    micro-batches of a step. The first micro-batch runs the prefix (with its autograd graph); the others
+    continue from detached copies (leaves) whose gradients accumulate; the step's last micro-batch uses
+    the graph itself and adds <prefix keys/values, accumulated gradients> to its loss (zero value, and
+    exactly those gradients), so the prefix's backward runs once, inside the step's last backward pass
+    (under DDP, the synchronised one). Gradients equal running the prefix in every micro-batch."""
+
+    def __init__(self, ids: list[int]):
+        self.ids = torch.tensor(ids, dtype=torch.long)
+        self.kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.leaves: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self.step: Any = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def matches(self, input_ids: torch.Tensor) -> bool:
+        p = len(self.ids)
+        return input_ids.shape[1] > p and bool((input_ids[:, :p] == self.ids.to(input_ids.device)).all())
+
+    def cache(self, model: Any, config: Any, rows: int, last: bool, step: Any = None) -> tuple[Any, torch.Tensor | None]:
+        """A cache holding the prefix for `rows` rows, and the term to add to the loss (last micro-batch)."""
+        from transformers import DynamicCache
+
+        if self.kv is None or step != self.step:  # a new step (a stale state never outlives its step)
+            out = model(input_ids=self.ids[None].to(model.device), use_cache=True,
+                        logits_to_keep=torch.zeros(0, dtype=torch.long))
+            cache = out.get("cache", out.get("past_key_values"))
+            if cache is None:
+                return None, None
+            self.kv = [(layer.keys, layer.values) for layer in cache.layers]
+            self.leaves, self.step = None, step
+        extra = None
+        if last:
+            kv = self.kv
+            if self.leaves is not None:
+                terms = [(t * leaf.grad).sum() for pair, leaves in zip(self.kv, self.leaves)
+                         for t, leaf in zip(pair, leaves) if leaf.grad is not None]
+                extra = torch.stack(terms).sum() if terms else None
+            self.kv = self.leaves = None
+        else:
+            if self.leaves is None:
+                self.leaves = [(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in self.kv]
+            kv = self.leaves
+        return DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv], config=config), extra
+
+
+def _cache_kwarg(model: Any) -> str:
+    """The forward argument taking a KV cache: `cache` since Transformers 5.2x, `past_key_values` before."""
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+
+
 def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
                      share_prefix: bool = False, prefix_model: Any = None,
-                     work: dict[str, int] | None = None) -> torch.Tensor:
+                     work: dict[str, int] | None = None, step_prefix: StepPrefix | None = None,
+                     last_in_step: bool = True, step: Any = None, scale: float = 1.0) -> torch.Tensor:
     """Causal-LM cross-entropy computing the vocabulary logits only at positions that predict a target
     token (`logits_to_keep` with the positions, shared by the rows of the batch). Equal to the model's
     own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given.
@@ -249,6 +329,9 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     `share_prefix`: the tokens all rows start with (the system prompt and template) are run once, not
     once per row; the rows continue from that prefix's keys and values (same result, gradients flow
     through the prefix once). `prefix_model` runs the prefix (the unwrapped model under DDP).
+    `step_prefix`: a prefix every example starts with, run once per optimizer step (see StepPrefix);
+    `last_in_step` says whether this is the step's last micro-batch, `step` which step it is.
+    `scale` multiplies the loss (e.g. by the number of processes under DDP, which averages gradients).
     `work` accumulates what was computed: token positions run through the model, logit positions."""
     inputs = dict(inputs)
     inputs.setdefault("use_cache", False)
@@ -256,23 +339,34 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     targets = labels[:, 1:]
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
     ids = inputs["input_ids"]
-    p = 0
-    if share_prefix and "position_ids" not in inputs and len(keep) and ids.shape[0] > 1:
+    rows, width = ids.shape
+    p, ran, extra, cache = 0, 0, None, None
+    runner = prefix_model or model
+    config = getattr(runner, "config", None)
+    if ("position_ids" not in inputs and len(keep) and step_prefix is not None and len(step_prefix)
+            and len(step_prefix) <= int(keep[0]) and step_prefix.matches(ids)):
+        fresh = step_prefix.kv is None or step != step_prefix.step
+        cache, extra = step_prefix.cache(runner, config, rows, last_in_step, step)
+        if cache is not None:
+            p, ran = len(step_prefix), len(step_prefix) if fresh else 0
+    elif share_prefix and "position_ids" not in inputs and len(keep) and rows > 1:
         p = shared_prefix_length(ids, int(keep[0]))
         p = p if p >= 16 else 0  # below that the extra call costs more than it saves
-    if p:
-        out = (prefix_model or model)(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=1)
-        cache = out.get("cache", out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
-        if cache is None:  # the model refused a cache (e.g. gradient checkpointing): the plain path
-            p = 0
-        else:
-            cache.batch_repeat_interleave(ids.shape[0])
-            inputs.update(input_ids=ids[:, p:], use_cache=True,
-                          **{"cache" if "cache" in out else "past_key_values": cache})
+        if p:
+            out = runner(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
+            cache = out.get("cache", out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
+            if cache is None:  # the model refused a cache (e.g. gradient checkpointing): the plain path
+                p = 0
+            else:
+                cache.batch_repeat_interleave(rows)
+                ran = p
+    if cache is not None and p:
+        inputs.update(input_ids=ids[:, p:], use_cache=True, **{_cache_kwarg(runner): cache})
+    else:
+        p = 0
     keep_in = keep - p
     if work is not None:
-        rows, width = ids.shape
-        work["positions"] = work.get("positions", 0) + p + rows * (width - p)
+        work["positions"] = work.get("positions", 0) + ran + rows * (width - p)
         work["logit_positions"] = work.get("logit_positions", 0) + rows * len(keep)
     try:
         logits = model(**inputs, logits_to_keep=keep_in).logits.float()
@@ -281,9 +375,12 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     gold = targets[:, keep]
     loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
                                              ignore_index=-100, reduction="sum")
-    if num_items_in_batch is None:
-        return loss / (gold != -100).sum().clamp(min=1)
-    return loss / num_items_in_batch
+    loss = loss / ((gold != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
+    if scale != 1.0:
+        loss = loss * scale
+    if extra is not None:  # the earlier micro-batches' gradients for the prefix, at no cost to the value
+        loss = loss + (extra - extra.detach())
+    return loss
 
 
 def _trainer_class():
@@ -296,6 +393,7 @@ def _trainer_class():
         token_counter: TokenCounter | None = None
         target_only_logits: bool = True
         share_prefix: bool = False
+        step_prefix: StepPrefix | None = None
         work: dict[str, int] | None = None
         _last_log: tuple[float, int] | None = None
 
@@ -303,9 +401,12 @@ def _trainer_class():
             if not self.target_only_logits or return_outputs or "labels" not in inputs:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             loss = target_only_loss(model, inputs, num_items_in_batch, share_prefix=self.share_prefix,
-                                    prefix_model=self.accelerator.unwrap_model(model), work=self.work)
-            if num_items_in_batch is not None and self.args.average_tokens_across_devices:
-                loss = loss * self.accelerator.num_processes  # as Trainer.compute_loss: DDP averages gradients
+                                    prefix_model=self.accelerator.unwrap_model(model), work=self.work,
+                                    step_prefix=self.step_prefix if self.share_prefix else None,
+                                    last_in_step=self.accelerator.sync_gradients, step=self.state.global_step,
+                                    # as Trainer.compute_loss: DDP averages gradients
+                                    scale=self.accelerator.num_processes if num_items_in_batch is not None
+                                    and self.args.average_tokens_across_devices else 1.0)
             return loss
 
         _staging: str | None = None
@@ -346,6 +447,11 @@ def _trainer_class():
 
         def _get_train_sampler(self, train_dataset=None):  # noqa: ANN001
             sampler = super()._get_train_sampler(train_dataset)
+            if self.args.train_sampling_strategy == "batch_rebalance" and sampler is not None:
+                sampler.seed = self.args.seed  # Transformers leaves it at 42 whatever the run's seed
+                # balance the positions each micro-batch runs: a prefix run once per step does not count
+                p = len(self.step_prefix) if self.step_prefix is not None else 0
+                sampler.lengths = [max(1, n - p) for n in sampler.lengths]
             if self.args.train_sampling_strategy != "group_by_length" or sampler is None:
                 return sampler
             ds = train_dataset if train_dataset is not None else self.train_dataset
@@ -591,10 +697,14 @@ def train(
     # gradient checkpointing turns the KV cache off in training, so there is no prefix cache to share
     trainer.share_prefix = (tc.shared_prefix and batching != "padding_free" and not sharded
                             and not tc.gradient_checkpointing)
+    if trainer.share_prefix:  # the system prompt and template every example starts with: once per optimizer step
+        trainer.step_prefix = StepPrefix(common_prefix(feats))
     if held_out is not None:
         held_out.trainer = trainer
+    lean = lean_training(model) if tc.lean_activations else contextlib.nullcontext({})
     t = time.perf_counter()
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    with lean as lean_patched:
+        result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     seconds = time.perf_counter() - t
     best = None
     if held_out is not None:
@@ -619,8 +729,10 @@ def train(
         "batching": batching,
         "target_only_logits": tc.target_only_logits,
         "shared_prefix": trainer.share_prefix and tc.target_only_logits,
+        "step_prefix_tokens": len(trainer.step_prefix) if trainer.step_prefix is not None else 0,
         "completion_only_loss": tc.completion_only_loss,
         "gradient_checkpointing": tc.gradient_checkpointing,
+        "lean_activations": dict(lean_patched),
         "steps": trainer.state.global_step,
         "epochs": tc.epochs,
         "epochs_done": round(epochs_done, 4),
@@ -669,7 +781,7 @@ def _training_kwargs(tc: Any, out: Path, dtype: str, hw: Hardware, batching: str
         fp16=dtype == "float16",  # PEFT keeps the adapter weights in fp32; AMP scales the loss
         use_cpu=hw.backend == "cpu",
         activation_checkpointing=tc.gradient_checkpointing,
-        train_sampling_strategy="group_by_length" if batching == "length_grouped" else "random",
+        train_sampling_strategy={"length_grouped": "group_by_length", "balanced": "batch_rebalance"}.get(batching, "random"),
         neftune_noise_alpha=tc.neftune_alpha,
         torch_compile=tc.torch_compile,
         report_to=report_to or "none",
