@@ -180,6 +180,87 @@ def test_shared_prefix_length():
     assert shared_prefix_length(same, first_kept=10) == 2  # each row keeps a token of its own
 
 
+def test_common_prefix_stops_before_targets_and_needs_sixteen_tokens():
+    from medqa.train import common_prefix
+
+    def f(ids, first_target):
+        return {"input_ids": ids, "labels": [-100] * first_target + ids[first_target:]}
+
+    base = list(range(40))
+    # token 40 is the first target: its logits come from position 39, which the prefix must not include
+    assert common_prefix([f(base + [1, 2], 41), f(base + [3], 40)]) == base[:39]
+    assert common_prefix([f(base + [1, 2], 41), f(base + [3], 20)]) == base[:19]  # before a target is predicted
+    assert common_prefix([f(base[:20] + [7] + base[21:], 41), f(base, 39)]) == base[:20]
+    assert common_prefix([f(base[:10] + [7] + base[11:], 41), f(base, 39)]) == []  # too short to pay
+    assert common_prefix([f(base, 39)]) == []
+    assert common_prefix([f(base, 40), f(base, 40)]) == base[:39]  # each example keeps a token of its own
+
+
+def test_step_prefix_gives_the_gradients_of_running_it_in_every_micro_batch(qwen_dir):
+    """The system prompt run once per optimizer step: the accumulated gradients equal the plain path's."""
+    from medqa.train import StepPrefix, common_prefix, target_only_loss
+
+    cfg = build_config(None, {"model.name": str(qwen_dir), "lora.dropout": 0.0})
+    model, tok = load_model(cfg.model)
+    model = apply_lora(model, cfg.lora)
+    model.train()
+    feats, _ = build_features(PromptFormat(tok), load_demo()[:7], 512)
+    prefix = common_prefix(feats)
+    assert len(prefix) >= 16
+    collate = PadCollator(tok.pad_token_id)
+    micro = [collate(feats[:3]), collate(feats[3:4]), collate(feats[4:])]  # 1-row micro-batches use it too
+    n = sum(int((b["labels"] != -100).sum()) for b in micro)
+
+    def step(**kw):
+        model.zero_grad(set_to_none=True)
+        work, total = {}, 0.0
+        for i, b in enumerate(micro):
+            extra = {"last_in_step": i == len(micro) - 1, "step": 0} if "step_prefix" in kw else {}
+            loss = target_only_loss(model, b, n, work=work, **kw, **extra)
+            loss.backward()
+            total += float(loss.detach())
+        return total, {k: p.grad.clone() for k, p in model.named_parameters() if p.requires_grad}, work
+
+    plain, g0, w0 = step()
+    sp = StepPrefix(prefix)
+    once, g1, w1 = step(step_prefix=sp)
+    assert once == pytest.approx(plain, rel=1e-5)
+    for k in g0:
+        assert torch.allclose(g0[k], g1[k], rtol=1e-4, atol=1e-7), k
+    assert w1["positions"] == w0["positions"] - (7 - 1) * len(prefix)  # the prefix ran once for 7 rows
+    assert sp.kv is None and sp.leaves is None  # nothing outlives the step
+
+
+def test_balanced_batching_keeps_examples_per_step_and_lowers_the_largest_micro_batch(qwen_dir, tmp_path,
+                                                                                     monkeypatch):
+    import medqa.train as mt
+
+    shapes: list[tuple[int, int]] = []
+    call = mt.PadCollator.__call__
+    monkeypatch.setattr(mt.PadCollator, "__call__", lambda self, b: _record(shapes, call(self, b)))
+    runs = {}
+    for batching in ("balanced", "length_grouped"):
+        shapes.clear()
+        cfg, model, tok = _tiny_run(qwen_dir, tmp_path / batching, **{
+            "train.batching": batching, "train.max_steps": -1, "train.epochs": 1, "train.batch_size": 2,
+            "train.grad_accum": 4, "model.attn_implementation": "sdpa", "train.calibration_size": 0})
+        records = [r.model_copy(update={"question": " ".join([r.question] * (1 + 3 * (i % 4 == 0)))})
+                   for i, r in enumerate(load_demo()[:32])]  # a quarter of the questions 4 times as long
+        summary = train(cfg, model, tok, records, progress=False)
+        assert summary["batching"] == batching and summary["steps"] == 4
+        runs[batching] = list(shapes)
+    balanced = runs["balanced"]
+    assert len(balanced) == 16
+    assert [sum(r for r, _ in balanced[i:i + 4]) for i in range(0, 16, 4)] == [8, 8, 8, 8]
+    assert len({r for r, _ in balanced}) > 1  # rows vary with length
+    assert max(r * w for r, w in balanced) <= max(r * w for r, w in runs["length_grouped"])
+
+
+def _record(shapes, batch):
+    shapes.append(tuple(batch["input_ids"].shape))
+    return batch
+
+
 _SHARES: dict[str, float] = {}  # non-padding share per batching mode, compared across the parametrised runs
 
 
@@ -464,9 +545,12 @@ def test_full_disk_is_a_clear_error_and_keeps_earlier_outputs(qwen_dir, tmp_path
 
 
 @pytest.mark.slow
-def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path):
-    """torchrun with 2 CPU processes (gloo), batch 2 each, equals 1 process with batch 2 x accumulation 2:
-    the same examples per optimizer step, the same loss curve and the same adapter (fp32 tolerance)."""
+@pytest.mark.parametrize("batching,accum", [("padded", 1), ("auto", 2)])
+def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path, batching, accum):
+    """torchrun with 2 CPU processes (gloo), batch 2 x accumulation `accum` each, equals 1 process with
+    batch 2 x accumulation 2 x `accum`: the same examples per optimizer step, the same loss curve and the
+    same adapter (fp32 tolerance). `auto`: balanced micro-batches (rank-aware) and the prompt prefix run
+    once per optimizer step, its gradient added in the synchronised backward pass."""
     import os
     import socket
     import subprocess
@@ -477,18 +561,18 @@ def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path):
     def args(out, accum):
         return ["-m", "medqa.cli", "train", "--model", str(qwen_dir), "--dataset", "demo", "--data.train_size", "32",
                 "--out", str(out), "--train.max_steps", "6", "--train.batch_size", "2", "--train.grad_accum", str(accum),
-                "--train.batching", "padded", "--train.calibration_size", "0", "--train.logging_steps", "1",
+                "--train.batching", batching, "--train.calibration_size", "0", "--train.logging_steps", "1",
                 "--train.lr", "1e-2", "--lora.dropout", "0", "--train.report_to", "[]", "--train.save_steps", "3"]
 
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, *args(tmp_path / "one", 2)], capture_output=True, text=True, env=env,
-                         timeout=600)
+    one = subprocess.run([sys.executable, *args(tmp_path / "one", 2 * accum)], capture_output=True, text=True,
+                         env=env, timeout=600)
     assert one.returncode == 0, one.stderr[-2000:]
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_addr", "127.0.0.1", "--master_port", str(port), *args(tmp_path / "two", 1)],
+                          "--master_addr", "127.0.0.1", "--master_port", str(port), *args(tmp_path / "two", accum)],
                          capture_output=True, text=True, env=env, timeout=600)
     assert two.returncode == 0, two.stderr[-3000:]
     assert two.stdout.count('"steps": 6') == 1  # rank 0 reports, rank 1 stays quiet
@@ -502,6 +586,8 @@ def test_two_process_ddp_matches_one_process(qwen_dir, tmp_path):
     assert c1[-1] < c1[0]
     s2 = json.loads((tmp_path / "two" / "train_summary.json").read_text())
     assert s2["processes"] == 2
+    if batching == "auto":
+        assert s2["batching"] == "balanced" and s2["step_prefix_tokens"] >= 16
     cks = tmp_path / "two" / "checkpoints"  # atomic checkpoints under 2 ranks: each rank's RNG state inside
     assert sorted(p.name for p in cks.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert {p.name for p in (cks / "checkpoint-6").glob("rng_state*")} == {"rng_state_0.pth", "rng_state_1.pth"}

@@ -1,0 +1,113 @@
+"""medqa.lean: the same loss and gradients as the unpatched model, fewer saved activations, and the
+model restored afterwards."""
+
+import os
+
+import pytest
+import torch
+
+from medqa.config import build_config
+from medqa.data import load_demo
+from medqa.format import PromptFormat
+from medqa.lean import DropoutLinear, SwiGLU, lean_training
+from medqa.modeling import apply_lora, load_model
+from medqa.train import PadCollator, build_features, target_only_loss
+
+
+def _model(qwen_dir, **over):
+    cfg = build_config(None, {"model.name": str(qwen_dir), "lora.dropout": 0.1, **over})
+    model, tok = load_model(cfg.model)
+    model = apply_lora(model, cfg.lora)
+    model.train()
+    feats, _ = build_features(PromptFormat(tok), load_demo()[:4], 512)
+    return model, PadCollator(tok.pad_token_id)(feats)
+
+
+def _loss_and_grads(model, batch, seed=3):
+    model.zero_grad(set_to_none=True)
+    torch.manual_seed(seed)
+    loss = target_only_loss(model, batch, share_prefix=True)
+    loss.backward()
+    return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _saved_bytes(model, batch) -> int:
+    """Bytes autograd keeps for the decoder layers' backward pass (each storage once, weights excluded;
+    the decoder body, not the vocabulary head, which lean training does not touch)."""
+    weights = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        ptr = t.untyped_storage().data_ptr()
+        if ptr not in weights:
+            seen[ptr] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model.get_base_model().model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+    return sum(seen.values())
+
+
+@pytest.mark.parametrize("targets", [["q_proj", "v_proj"], "all-linear"])
+def test_lean_training_gives_the_same_loss_and_gradients(qwen_dir, targets):
+    model, batch = _model(qwen_dir, **{"lora.target_modules": targets})
+    loss, grads = _loss_and_grads(model, batch)
+    with lean_training(model) as patched:
+        assert patched["swiglu_mlp"] == 2  # both layers of the tiny Qwen3
+        assert patched["lora_dropout"] == (4 if targets != "all-linear" else 14)
+        lean_loss, lean_grads = _loss_and_grads(model, batch)
+    assert torch.equal(loss, lean_loss)  # the same dropout masks: the same random draws
+    for name, g in grads.items():
+        assert torch.allclose(g, lean_grads[name], rtol=1e-5, atol=1e-7), name
+    assert any(g.abs().sum() > 0 for g in grads.values())
+
+
+def test_lean_training_saves_less_and_restores_the_model(qwen_dir):
+    model, batch = _model(qwen_dir)
+    forwards_before = {id(m) for m in model.modules() if "forward" in vars(m)}
+    dropouts = [type(m.lora_dropout["default"]) for m in model.modules() if hasattr(m, "lora_dropout")]
+    os.environ.pop("TRANSFORMERS_SDPA_FORCE_GQA", None)
+    plain = _saved_bytes(model, batch)
+    with lean_training(model) as patched:
+        assert patched["gqa"] == 1 and os.environ["TRANSFORMERS_SDPA_FORCE_GQA"] == "1"
+        lean = _saved_bytes(model, batch)
+        model.eval()  # evaluation inside the block: no dropout, the plain projection
+        with torch.no_grad():
+            inside = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    # tiny model (intermediate = 2 x hidden): 0.79; SmolLM2-135M (2.67 x): 0.65 (benchmarks/train_speed.py)
+    assert lean < 0.85 * plain, (lean, plain)
+    assert "TRANSFORMERS_SDPA_FORCE_GQA" not in os.environ
+    assert {id(m) for m in model.modules() if "forward" in vars(m)} == forwards_before
+    assert [type(m.lora_dropout["default"]) for m in model.modules() if hasattr(m, "lora_dropout")] == dropouts
+    with torch.no_grad():
+        outside = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+    assert torch.allclose(inside, outside, atol=1e-6)
+
+
+def test_lean_training_leaves_dora_alone(qwen_dir):
+    model, batch = _model(qwen_dir, **{"lora.use_dora": True})
+    with lean_training(model) as patched:
+        assert patched["lora_dropout"] == 0  # DoRA applies the dropout itself
+        assert patched["swiglu_mlp"] == 2
+
+
+def test_the_autograd_functions_match_autograd():
+    torch.manual_seed(0)
+    gate, up = torch.randn(3, 5, 7, requires_grad=True), torch.randn(3, 5, 7, requires_grad=True)
+    out = SwiGLU.apply(gate, up)
+    ref = torch.nn.functional.silu(gate) * up
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    assert all(torch.equal(a, b) for a, b in zip(torch.autograd.grad(out, (gate, up), g),
+                                                  torch.autograd.grad(ref, (gate, up), g)))
+    x, w = torch.randn(4, 6, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+    torch.manual_seed(1)
+    out = DropoutLinear.apply(x, w, 0.25)
+    torch.manual_seed(1)
+    ref = torch.nn.functional.linear(torch.nn.functional.dropout(x, 0.25, True), w)
+    assert torch.equal(out, ref)
+    g = torch.randn_like(out)
+    for a, b in zip(torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)):
+        assert torch.allclose(a, b, atol=1e-6)
+    kept = (out.detach() != 0).float().mean()
+    assert 0.5 < kept <= 1.0
