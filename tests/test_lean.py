@@ -111,3 +111,57 @@ def test_the_autograd_functions_match_autograd():
         assert torch.allclose(a, b, atol=1e-6)
     kept = (out.detach() != 0).float().mean()
     assert 0.5 < kept <= 1.0
+
+
+def test_linear_cross_entropy_matches_the_head_and_cross_entropy():
+    from medqa.lean import LinearCrossEntropy
+
+    torch.manual_seed(0)
+    vocab = 2**20  # 16 rows per chunk: the 40 rows below run in three chunks
+    h = torch.randn(40, 8, requires_grad=True)
+    w = torch.randn(vocab, 8) * 0.3
+    t = torch.randint(0, vocab, (40,))
+    t[::7] = -100
+
+    def torch_loss(h, w):
+        return torch.nn.functional.cross_entropy(torch.nn.functional.linear(h, w), t, ignore_index=-100,
+                                                 reduction="sum")
+
+    loss, ref = LinearCrossEntropy.apply(h, w, t), torch_loss(h, w)
+    h64 = h.detach().double().requires_grad_()
+    exact = torch_loss(h64, w.double())
+    (g,) = torch.autograd.grad(2.5 * loss, h)
+    (g_ref,) = torch.autograd.grad(2.5 * ref, h)
+    (g_exact,) = torch.autograd.grad(2.5 * exact, h64)
+    # as close to the float64 result as PyTorch's own fp32 path (sums over a million logits)
+    assert abs(loss.item() - exact.item()) <= 2 * abs(ref.item() - exact.item()) + 1e-4
+    assert (g.double() - g_exact).abs().max() <= 2 * (g_ref.double() - g_exact).abs().max() + 1e-6
+    assert torch.all(g[::7] == 0)  # ignored rows get no gradient
+
+
+def test_fused_head_only_for_a_plain_frozen_head_and_same_loss(qwen_dir):
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from medqa.lean import plain_frozen_head
+
+    model, batch = _model(qwen_dir, **{"lora.dropout": 0.0})
+    assert plain_frozen_head(model) is model.get_base_model().lm_head
+    losses, grads = [], []
+    for fused in (False, True):
+        model.zero_grad(set_to_none=True)
+        loss = target_only_loss(model, batch, 40, share_prefix=True, fused_head=fused)
+        loss.backward()
+        losses.append(float(loss.detach()))
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad})
+    assert losses[0] == pytest.approx(losses[1], rel=1e-5)
+    for name, g in grads[0].items():
+        assert torch.allclose(g, grads[1][name], rtol=1e-3, atol=1e-6), name
+    gemma = Gemma2ForCausalLM(Gemma2Config(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=8))
+    gemma.requires_grad_(False)
+    assert plain_frozen_head(gemma) is None  # soft-capped logits: the head alone is not the logits
+    model.get_base_model().lm_head.weight.requires_grad_(True)
+    try:
+        assert plain_frozen_head(model) is None  # a trained head needs its own gradient
+    finally:
+        model.get_base_model().lm_head.weight.requires_grad_(False)

@@ -359,6 +359,7 @@ def test_memory_estimate_grows_with_what_costs_memory(qwen_dir):
     base = estimate_memory(model, 4, 256, 256, False, 4)
     assert estimate_memory(model, 8, 256, 256, False, 4)["activations"] == 2 * base["activations"]
     assert estimate_memory(model, 4, 256, 256, True, 4)["activations"] < base["activations"]
+    assert estimate_memory(model, 4, 256, 256, False, 4, lean=True)["activations"] < 0.7 * base["activations"]
     assert estimate_memory(model, 4, 256, 32, False, 4)["logits"] == base["logits"] // 8
     assert base["weights"] == sum(p.numel() * 4 for p in model.parameters())
 

@@ -10,7 +10,12 @@ forward and backward passes. Three blocks of a Llama/Qwen-style decoder save mor
   dropped copy of x, for each adapted module; q and v read the same x, so four hidden-size float tensors
   per layer. `DropoutLinear` keeps x itself (shared by q and v) and a one-byte mask, and recomputes the
   dropped input in the backward pass. Same random draws as `torch.nn.Dropout` (bernoulli of 1 - p).
-- **Grouped-query attention** (`lean_gqa`): Transformers expands keys and values to every query head
+- **Vocabulary head + cross-entropy** (`LinearCrossEntropy`): the logits at every target position (a
+  vocabulary-sized row each: 49k floats for SmolLM2, 152k for Qwen3) are kept three times around the
+  backward pass (logits, log-softmax, their gradient). With a frozen head the gradient with respect to
+  the hidden states is known in the forward pass (softmax - one-hot, times the head), so it is computed
+  there, in chunks of rows, and only that hidden-size gradient is kept. Same FLOPs.
+- **Grouped-query attention**: Transformers expands keys and values to every query head
   before SDPA when there is an attention mask; on CPU, SDPA's own GQA takes the mask, keeps the
   unexpanded keys and values and is faster. (On CUDA a mask with GQA falls back to the math kernel,
   so this is left to Transformers there.)
@@ -72,6 +77,62 @@ class DropoutLinear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             grad_w = grad.reshape(-1, grad.shape[-1]).t().mm((x * noise).reshape(-1, x.shape[-1]))
         return grad_x, grad_w, None
+
+
+class LinearCrossEntropy(torch.autograd.Function):
+    """Summed cross-entropy of `linear(h, weight)` against `targets` (-100: ignored), in chunks of rows,
+    the gradient for `h` computed in the forward pass (`weight` is frozen and gets none)."""
+
+    @staticmethod
+    def forward(ctx: Any, h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        chunk = max(1, 2**24 // weight.shape[0])  # at most 16 M logits (64 MB in fp32) at a time
+        total = torch.zeros((), dtype=torch.float32, device=h.device)
+        grad = torch.empty_like(h) if ctx.needs_input_grad[0] else None
+        for s in range(0, h.shape[0], chunk):
+            t = targets[s:s + chunk]
+            valid = t != -100
+            t = t.clamp(min=0)
+            logits = F.linear(h[s:s + chunk], weight).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += ((lse - logits.gather(1, t[:, None]).squeeze(1)) * valid).sum()
+            if grad is not None:
+                p = logits.sub_(lse[:, None]).exp_()  # softmax, in place
+                p[torch.arange(len(t), device=p.device), t] -= 1.0
+                p.mul_(valid[:, None])
+                grad[s:s + chunk] = p.to(weight.dtype) @ weight
+        ctx.save_for_backward(grad)
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None]:
+        (grad,) = ctx.saved_tensors
+        return (grad * g.to(grad.dtype) if grad is not None else None), None, None
+
+
+def plain_frozen_head(model: nn.Module) -> nn.Linear | None:
+    """The model's vocabulary head if its logits are exactly `lm_head(final hidden states)` (no scaling
+    or soft-capping, read from the model class's forward) and the head is frozen without bias; else None."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if type(head) is not nn.Linear or head.bias is not None or head.weight.requires_grad:
+        return None
+    try:
+        src = inspect.getsource(type(base).forward)
+    except (OSError, TypeError):
+        return None
+    return head if "logits = self.lm_head(hidden_states)\n\n        loss = None" in src else None
+
+
+@contextlib.contextmanager
+def head_passthrough(head: nn.Module) -> Iterator[None]:
+    """The head returns its input: the model's `logits` are then its final hidden states."""
+    head.forward = lambda x: x
+    try:
+        yield
+    finally:
+        del head.forward
 
 
 def _swiglu_mlp_forward(self: nn.Module, x: torch.Tensor) -> torch.Tensor:

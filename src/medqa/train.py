@@ -40,7 +40,7 @@ from medqa.errors import DataError, ModelError
 from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
-from medqa.lean import lean_training
+from medqa.lean import LinearCrossEntropy, head_passthrough, lean_training, plain_frozen_head
 
 
 def build_features(fmt: PromptFormat, records: list[MCQRecord], max_length: int,
@@ -191,13 +191,13 @@ def available_memory(hw: Hardware) -> int:
 
 
 def estimate_memory(model: Any, batch_size: int, seq_len: int, logit_positions: int, gradient_checkpointing: bool,
-                    act_bytes: int) -> dict[str, int]:
+                    act_bytes: int, lean: bool = False) -> dict[str, int]:
     """Peak training memory, in bytes, from the model's shape (a deliberately conservative estimate).
 
     weights (as loaded) + trainable parameters with their gradient and two AdamW moments in fp32
     + activations kept for backward: per token and layer about 16 hidden-sized and 4
-    intermediate-sized tensors (attention, norms, MLP), or 2 hidden-sized with gradient
-    checkpointing (plus one layer's worth recomputed) + the fp32 logits where they are computed
+    intermediate-sized tensors (attention, norms, MLP), 9 and 2 with `lean` (medqa.lean), or 2
+    hidden-sized with gradient checkpointing (plus one layer's worth recomputed) + the fp32 logits where they are computed
     (forward, log-softmax and gradient: 3 copies).
     """
     cfg = getattr(model, "config", None)
@@ -209,7 +209,7 @@ def estimate_memory(model: Any, batch_size: int, seq_len: int, logit_positions: 
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     tokens = batch_size * seq_len
-    per_layer = (16 * hidden + 4 * inter) * act_bytes
+    per_layer = ((9 * hidden + 2 * inter) if lean else (16 * hidden + 4 * inter)) * act_bytes
     if gradient_checkpointing:
         activations = tokens * (layers * 2 * hidden * act_bytes + per_layer)
     else:
@@ -321,7 +321,8 @@ def _cache_kwarg(model: Any) -> str:
 def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
                      share_prefix: bool = False, prefix_model: Any = None,
                      work: dict[str, int] | None = None, step_prefix: StepPrefix | None = None,
-                     last_in_step: bool = True, step: Any = None, scale: float = 1.0) -> torch.Tensor:
+                     last_in_step: bool = True, step: Any = None, scale: float = 1.0,
+                     fused_head: bool = False) -> torch.Tensor:
     """Causal-LM cross-entropy computing the vocabulary logits only at positions that predict a target
     token (`logits_to_keep` with the positions, shared by the rows of the batch). Equal to the model's
     own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given.
@@ -332,6 +333,8 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     `step_prefix`: a prefix every example starts with, run once per optimizer step (see StepPrefix);
     `last_in_step` says whether this is the step's last micro-batch, `step` which step it is.
     `scale` multiplies the loss (e.g. by the number of processes under DDP, which averages gradients).
+    `fused_head`: with a plain frozen vocabulary head, the head and the cross-entropy run as one chunked
+    function that keeps no logits (medqa.lean.LinearCrossEntropy).
     `work` accumulates what was computed: token positions run through the model, logit positions."""
     inputs = dict(inputs)
     inputs.setdefault("use_cache", False)
@@ -368,13 +371,20 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     if work is not None:
         work["positions"] = work.get("positions", 0) + ran + rows * (width - p)
         work["logit_positions"] = work.get("logit_positions", 0) + rows * len(keep)
-    try:
-        logits = model(**inputs, logits_to_keep=keep_in).logits.float()
-    except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions
-        logits = model(**inputs).logits[:, keep_in].float()
     gold = targets[:, keep]
-    loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
-                                             ignore_index=-100, reduction="sum")
+    head = plain_frozen_head(runner) if fused_head else None
+    if head is not None:
+        with head_passthrough(head):  # the model's "logits" are its final hidden states at the kept positions
+            hidden = model(**inputs, logits_to_keep=keep_in).logits
+        loss = LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]).to(head.weight.dtype), head.weight,
+                                        gold.reshape(-1))
+    else:
+        try:
+            logits = model(**inputs, logits_to_keep=keep_in).logits.float()
+        except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions
+            logits = model(**inputs).logits[:, keep_in].float()
+        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), gold.reshape(-1),
+                                                 ignore_index=-100, reduction="sum")
     loss = loss / ((gold != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
     if scale != 1.0:
         loss = loss * scale
@@ -394,6 +404,7 @@ def _trainer_class():
         target_only_logits: bool = True
         share_prefix: bool = False
         step_prefix: StepPrefix | None = None
+        fused_head: bool = False
         work: dict[str, int] | None = None
         _last_log: tuple[float, int] | None = None
 
@@ -406,7 +417,8 @@ def _trainer_class():
                                     last_in_step=self.accelerator.sync_gradients, step=self.state.global_step,
                                     # as Trainer.compute_loss: DDP averages gradients
                                     scale=self.accelerator.num_processes if num_items_in_batch is not None
-                                    and self.args.average_tokens_across_devices else 1.0)
+                                    and self.args.average_tokens_across_devices else 1.0,
+                                    fused_head=self.fused_head)
             return loss
 
         _staging: str | None = None
@@ -654,7 +666,7 @@ def train(
     lengths = sorted(f["length"] for f in feats)
     target_positions = max(sum(1 for x in f["labels"] if x != -100) for f in feats)
     mem = estimate_memory(model, tc.batch_size, lengths[-1], target_positions if tc.target_only_logits else lengths[-1],
-                          tc.gradient_checkpointing, 4 if dtype == "float32" else 2)
+                          tc.gradient_checkpointing, 4 if dtype == "float32" else 2, tc.lean_activations)
     mem["free"] = available_memory(hw)
     if tc.memory_check:
         check_memory(mem, mem["free"], hw.device)
@@ -697,6 +709,7 @@ def train(
     # gradient checkpointing turns the KV cache off in training, so there is no prefix cache to share
     trainer.share_prefix = (tc.shared_prefix and batching != "padding_free" and not sharded
                             and not tc.gradient_checkpointing)
+    trainer.fused_head = tc.lean_activations and not tc.torch_compile
     if trainer.share_prefix:  # the system prompt and template every example starts with: once per optimizer step
         trainer.step_prefix = StepPrefix(common_prefix(feats))
     if held_out is not None:
@@ -732,7 +745,8 @@ def train(
         "step_prefix_tokens": len(trainer.step_prefix) if trainer.step_prefix is not None else 0,
         "completion_only_loss": tc.completion_only_loss,
         "gradient_checkpointing": tc.gradient_checkpointing,
-        "lean_activations": dict(lean_patched),
+        "lean_activations": dict(lean_patched) | {"fused_head": bool(trainer.fused_head and trainer.target_only_logits
+                                                                   and plain_frozen_head(model) is not None)},
         "steps": trainer.state.global_step,
         "epochs": tc.epochs,
         "epochs_done": round(epochs_done, 4),
