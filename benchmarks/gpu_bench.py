@@ -10,6 +10,7 @@ one-pass letter scorer and of greedy generation of 8 tokens at batch 1, and thei
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 
@@ -74,7 +75,8 @@ def main() -> None:
     model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, lora_dropout=0.05,
                                              target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
-    from medqa.train import target_only_loss
+    from medqa.lean import lean_training
+    from medqa.train import StepPrefix, target_only_loss
 
     g = torch.Generator().manual_seed(0)
     system = torch.randint(0, cfg.vocab_size, (40,), generator=g)  # the shared system prompt + template
@@ -86,14 +88,18 @@ def main() -> None:
         labels[:, : args.seq * 2 // 3] = -100  # prompt tokens carry no loss (answer + explanation do)
         return ids.to(device), labels.to(device)
 
-    def step(path: str) -> None:
-        for _ in range(args.accum):
+    prefix = StepPrefix(system.tolist())
+
+    def step(path: str, n: int) -> None:
+        for i in range(args.accum):
             ids, labels = batch()
             with torch.autocast(device_type=device, dtype=dtype, enabled=device == "cuda"):
                 if path == "reference":  # full-sequence labels, all logits, gradient checkpointing
                     loss = model(input_ids=ids, labels=ids, use_cache=False).loss / args.accum
-                else:  # MedQA: target-only logits, shared prefix run once per batch
-                    loss = target_only_loss(model, {"input_ids": ids, "labels": labels}, share_prefix=True) / args.accum
+                else:  # MedQA: target-only logits through the fused head, the prefix once per optimizer step
+                    loss = target_only_loss(model, {"input_ids": ids, "labels": labels}, step_prefix=prefix,
+                                            last_in_step=i == args.accum - 1, step=n, fused_head=True,
+                                            scale=1 / args.accum)
             loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -106,16 +112,17 @@ def main() -> None:
         else:
             model.gradient_checkpointing_disable()
         model.train()
-        for _ in range(2):
-            step(path)
-        sync(device)
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        t = time.perf_counter()
-        for _ in range(args.steps):
-            step(path)
-        sync(device)
-        secs = time.perf_counter() - t
+        with lean_training(model) if path == "medqa" else contextlib.nullcontext():  # MedQA's lean autograd
+            for n in range(2):
+                step(path, n)
+            sync(device)
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            t = time.perf_counter()
+            for n in range(args.steps):
+                step(path, 2 + n)
+            sync(device)
+            secs = time.perf_counter() - t
         examples = args.steps * args.accum * args.batch
         tokens = examples * args.seq
         flops = 4 * n_params * tokens

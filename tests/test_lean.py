@@ -165,3 +165,19 @@ def test_fused_head_only_for_a_plain_frozen_head_and_same_loss(qwen_dir):
         assert plain_frozen_head(model) is None  # a trained head needs its own gradient
     finally:
         model.get_base_model().lm_head.weight.requires_grad_(False)
+
+
+def test_dropout_linear_under_autocast():
+    """Mixed precision (the GPU path; CPU autocast here): bf16 output, fp32 adapter gradients."""
+    torch.manual_seed(0)
+    x, w = torch.randn(2, 5, 16, requires_grad=True), torch.randn(8, 16, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.manual_seed(1)
+        out = DropoutLinear.apply(x, w, 0.1)
+        torch.manual_seed(1)
+        ref = torch.nn.functional.linear(torch.nn.functional.dropout(x, 0.1, True), w)
+    assert out.dtype == ref.dtype == torch.bfloat16 and torch.equal(out, ref)
+    g = torch.randn_like(out)
+    got, want = torch.autograd.grad(out, (x, w), g), torch.autograd.grad(ref, (x, w), g)
+    for a, b in zip(got, want):
+        assert a.dtype == torch.float32 and torch.allclose(a, b.float(), rtol=2e-2, atol=2e-2)

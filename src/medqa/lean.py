@@ -71,11 +71,12 @@ class DropoutLinear(torch.autograd.Function):
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None, None]:
         x, keep, weight = ctx.saved_tensors
         noise = keep.to(x.dtype).div_(1 - ctx.p)
+        grad = grad.to(weight.dtype)  # under autocast the output (and its gradient) may be bf16/fp16
         grad_x = grad_w = None
         if ctx.needs_input_grad[0]:
-            grad_x = grad.matmul(weight) * noise
+            grad_x = grad.matmul(weight).to(x.dtype) * noise
         if ctx.needs_input_grad[1]:
-            grad_w = grad.reshape(-1, grad.shape[-1]).t().mm((x * noise).reshape(-1, x.shape[-1]))
+            grad_w = grad.reshape(-1, grad.shape[-1]).t().mm((x * noise).reshape(-1, x.shape[-1]).to(weight.dtype))
         return grad_x, grad_w, None
 
 

@@ -292,7 +292,7 @@ class StepPrefix:
         if self.kv is None or step != self.step:  # a new step (a stale state never outlives its step)
             out = model(input_ids=self.ids[None].to(model.device), use_cache=True,
                         logits_to_keep=torch.zeros(0, dtype=torch.long))
-            cache = out.get("cache", out.get("past_key_values"))
+            cache = (out["cache"] if "cache" in out else out.get("past_key_values"))
             if cache is None:
                 return None, None
             self.kv = [(layer.keys, layer.values) for layer in cache.layers]
@@ -357,7 +357,7 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
         p = p if p >= 16 else 0  # below that the extra call costs more than it saves
         if p:
             out = runner(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
-            cache = out.get("cache", out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
+            cache = (out["cache"] if "cache" in out else out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
             if cache is None:  # the model refused a cache (e.g. gradient checkpointing): the plain path
                 p = 0
             else:
@@ -370,14 +370,16 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     keep_in = keep - p
     if work is not None:
         work["positions"] = work.get("positions", 0) + ran + rows * (width - p)
-        work["logit_positions"] = work.get("logit_positions", 0) + rows * len(keep)
+        work["logit_positions"] = work.get("logit_positions", 0) + (
+            int((targets[:, keep] != -100).sum()) if fused_head else rows * len(keep))
     gold = targets[:, keep]
     head = plain_frozen_head(runner) if fused_head else None
     if head is not None:
         with head_passthrough(head):  # the model's "logits" are its final hidden states at the kept positions
             hidden = model(**inputs, logits_to_keep=keep_in).logits
-        loss = LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1]).to(head.weight.dtype), head.weight,
-                                        gold.reshape(-1))
+        rows_with_target = gold.reshape(-1) != -100  # positions kept for one row need not be targets of all
+        loss = LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1])[rows_with_target].to(head.weight.dtype),
+                                        head.weight, gold.reshape(-1)[rows_with_target])
     else:
         try:
             logits = model(**inputs, logits_to_keep=keep_in).logits.float()
