@@ -292,7 +292,7 @@ class StepPrefix:
         if self.kv is None or step != self.step:  # a new step (a stale state never outlives its step)
             out = model(input_ids=self.ids[None].to(model.device), use_cache=True,
                         logits_to_keep=torch.zeros(0, dtype=torch.long))
-            cache = (out["cache"] if "cache" in out else out.get("past_key_values"))
+            cache = out["cache"] if "cache" in out else out.get("past_key_values")
             if cache is None:
                 return None, None
             self.kv = [(layer.keys, layer.values) for layer in cache.layers]
@@ -357,7 +357,8 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
         p = p if p >= 16 else 0  # below that the extra call costs more than it saves
         if p:
             out = runner(input_ids=ids[:1, :p], use_cache=True, logits_to_keep=torch.zeros(0, dtype=torch.long))
-            cache = (out["cache"] if "cache" in out else out.get("past_key_values"))  # Transformers >= 5.2x names it `cache`
+            # Transformers >= 5.2x names it `cache`
+            cache = out["cache"] if "cache" in out else out.get("past_key_values")
             if cache is None:  # the model refused a cache (e.g. gradient checkpointing): the plain path
                 p = 0
             else:
