@@ -27,6 +27,8 @@ patches a model for the duration of a `with` block and restores it afterwards.
 from __future__ import annotations
 
 import contextlib
+import functools
+import inspect
 import os
 import types
 from collections.abc import Iterator
@@ -110,20 +112,25 @@ class LinearCrossEntropy(torch.autograd.Function):
         return (grad * g.to(grad.dtype) if grad is not None else None), None, None
 
 
-def plain_frozen_head(model: nn.Module) -> nn.Linear | None:
-    """The model's vocabulary head if its logits are exactly `lm_head(final hidden states)` (no scaling
-    or soft-capping, read from the model class's forward) and the head is frozen without bias; else None."""
-    import inspect
+@functools.cache
+def _logits_are_the_head(cls: type) -> bool:
+    """Whether `cls.forward` computes `logits = self.lm_head(hidden_states)` with nothing after it (read once
+    per class from its source: no scaling or soft-capping)."""
+    try:
+        src = inspect.getsource(cls.forward)
+    except (OSError, TypeError):
+        return False
+    return "logits = self.lm_head(hidden_states)\n\n        loss = None" in src
 
+
+def plain_frozen_head(model: nn.Module) -> nn.Linear | None:
+    """The model's vocabulary head if its logits are exactly `lm_head(final hidden states)` and the head is
+    frozen without bias; else None."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if type(head) is not nn.Linear or head.bias is not None or head.weight.requires_grad:
         return None
-    try:
-        src = inspect.getsource(type(base).forward)
-    except (OSError, TypeError):
-        return None
-    return head if "logits = self.lm_head(hidden_states)\n\n        loss = None" in src else None
+    return head if _logits_are_the_head(type(base)) else None
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ The run directory gets:
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import inspect
 import json
@@ -285,18 +286,21 @@ class StepPrefix:
         p = len(self.ids)
         return input_ids.shape[1] > p and bool((input_ids[:, :p] == self.ids.to(input_ids.device)).all())
 
-    def cache(self, model: Any, config: Any, rows: int, last: bool, step: Any = None) -> tuple[Any, torch.Tensor | None]:
-        """A cache holding the prefix for `rows` rows, and the term to add to the loss (last micro-batch)."""
+    def cache(self, model: Any, config: Any, rows: int, last: bool, step: Any = None
+              ) -> tuple[Any, torch.Tensor | None, int]:
+        """A cache holding the prefix for `rows` rows, the term to add to the loss (last micro-batch), and
+        the prefix positions this call ran through the model (0 when the step's prefix was reused)."""
         from transformers import DynamicCache
 
+        ran = 0
         if self.kv is None or step != self.step:  # a new step (a stale state never outlives its step)
             out = model(input_ids=self.ids[None].to(model.device), use_cache=True,
                         logits_to_keep=torch.zeros(0, dtype=torch.long))
             cache = out["cache"] if "cache" in out else out.get("past_key_values")
             if cache is None:
-                return None, None
+                return None, None, 0
             self.kv = [(layer.keys, layer.values) for layer in cache.layers]
-            self.leaves, self.step = None, step
+            self.leaves, self.step, ran = None, step, len(self.ids)
         extra = None
         if last:
             kv = self.kv
@@ -309,13 +313,19 @@ class StepPrefix:
             if self.leaves is None:
                 self.leaves = [(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in self.kv]
             kv = self.leaves
-        return DynamicCache([(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv], config=config), extra
+        expanded = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv]
+        return DynamicCache(expanded, config=config), extra, ran
 
 
 def _cache_kwarg(model: Any) -> str:
     """The forward argument taking a KV cache: `cache` since Transformers 5.2x, `past_key_values` before."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(type(base).forward).parameters else "past_key_values"
+    return _cache_kwarg_of(type(base))
+
+
+@functools.cache
+def _cache_kwarg_of(cls: type) -> str:
+    return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
 
 
 def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any = None,
@@ -348,10 +358,9 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     config = getattr(runner, "config", None)
     if ("position_ids" not in inputs and len(keep) and step_prefix is not None and len(step_prefix)
             and len(step_prefix) <= int(keep[0]) and step_prefix.matches(ids)):
-        fresh = step_prefix.kv is None or step != step_prefix.step
-        cache, extra = step_prefix.cache(runner, config, rows, last_in_step, step)
+        cache, extra, ran = step_prefix.cache(runner, config, rows, last_in_step, step)
         if cache is not None:
-            p, ran = len(step_prefix), len(step_prefix) if fresh else 0
+            p = len(step_prefix)
     elif share_prefix and "position_ids" not in inputs and len(keep) and rows > 1:
         p = shared_prefix_length(ids, int(keep[0]))
         p = p if p >= 16 else 0  # below that the extra call costs more than it saves
