@@ -6,6 +6,8 @@ import pytest
 
 from medqa.calibrate import (
     abstain_threshold,
+    abstains,
+    guarantee_text,
     apply_temperature,
     augment_options,
     fit_temperature,
@@ -70,9 +72,65 @@ def test_risk_coverage_hand_worked():
     assert rc["accuracy"] == pytest.approx([1.0, 0.5, 2 / 3, 0.5])
     assert rc["aurc"] == pytest.approx((0 + 0.5 + 1 / 3 + 0.5) / 4)
     assert rc["accuracy_at_coverage"] == {"100%": 0.5, "50%": 0.5}
-    assert abstain_threshold(conf, correct, 0.65) == 0.7  # keeping the top 3 reaches 2/3
-    assert abstain_threshold(conf, correct, 1.0) == 0.9
-    assert abstain_threshold(np.array([0.9]), np.array([0.0]), 0.5) is None
+    # four answers cannot show 65 % accuracy with 90 % confidence: abstain on everything
+    assert abstain_threshold(conf, correct, 0.65)["abstain_all"] is True
+
+
+def test_clopper_pearson_lower_bound_matches_the_beta_quantile():
+    from scipy.stats import beta
+
+    from medqa.calibrate import clopper_pearson_lower
+
+    for k, n, level in [(5, 10, 0.9), (1, 1, 0.9), (60, 100, 0.95), (499, 500, 0.9), (0, 7, 0.9)]:
+        want = beta.ppf(1 - level, k, n - k + 1) if k else 0.0
+        assert clopper_pearson_lower(k, n, level) == pytest.approx(want, abs=1e-9)
+
+
+def test_a_lucky_top_three_of_fifteen_does_not_set_the_threshold():
+    """Issue 14.12: the quickstart adapter's calibration (n 15, accuracy 0.20) had its threshold set by a
+    lucky top three, so a 25.6 % answer was not flagged. With the guarantee nothing qualifies."""
+    conf = np.array([0.31, 0.29, 0.28, 0.2558, 0.25, 0.25, 0.24, 0.24, 0.23, 0.23, 0.22, 0.22, 0.21, 0.21, 0.2])
+    correct = np.array([1, 1, 1] + [0] * 12, dtype=float)
+    got = abstain_threshold(conf, correct, 0.2)
+    assert got["abstain_all"] is True and got["abstain_threshold"] is None
+    assert got["guarantee"]["n"] == 15 and got["guarantee"]["level"] == 0.9
+    cal = {"temperature": 1.0, **got}
+    assert abstains(0.256, cal) and abstains(0.99, cal)  # every answer is flagged
+    assert "every answer is flagged" in guarantee_text(cal)
+
+
+def test_threshold_guarantee_holds_on_repeated_calibration_draws():
+    """Confidence c ~ U(0.25, 1) and P(correct | c) = c, so the true accuracy of the answers kept at
+    threshold t is (1 + t) / 2. Over many calibration draws of 200 questions, the chosen threshold's true
+    kept accuracy falls below the target at most ~10 % of the time (level 0.9); a naive empirical rule
+    (lowest threshold whose observed kept accuracy reaches the target) misses far more often."""
+    rng = np.random.default_rng(0)
+    target, trials, misses, naive_misses, kept = 0.75, 120, 0, 0, []
+    for _ in range(trials):
+        conf = rng.uniform(0.25, 1.0, 200)
+        correct = (rng.uniform(size=200) < conf).astype(float)
+        got = abstain_threshold(conf, correct, target, level=0.9)
+        if not got["abstain_all"]:
+            t = got["abstain_threshold"]
+            misses += (1 + t) / 2 < target
+            kept.append(got["guarantee"]["kept"])
+            assert got["guarantee"]["lower_bound"] >= target
+        order = np.argsort(-conf)
+        acc = np.cumsum(correct[order]) / np.arange(1, 201)
+        ok = np.nonzero(acc >= target)[0]
+        if len(ok):
+            naive_misses += (1 + conf[order][ok[-1]]) / 2 < target
+    assert misses / trials <= 0.15
+    assert naive_misses / trials > 0.3
+    assert np.mean(kept) > 40  # it still answers: the guarantee is not bought by abstaining on everything
+
+
+def test_one_abstention_rule_for_every_surface():
+    cal = {"temperature": 1.0, "abstain_threshold": 0.4, "abstain_all": False}
+    assert abstains(0.39, cal) and not abstains(0.4, cal)
+    assert abstains(0.45, cal, threshold=0.5) and not abstains(0.3, cal, threshold=0.2)  # explicit wins
+    assert abstains(0.49, None) and not abstains(0.5, None)  # no calibration: the default flag
+    assert not abstains(0.99, {"temperature": 1.0, "abstain_threshold": None}, default=0.5)
 
 
 def test_calibration_file_round_trip(tmp_path):

@@ -8,7 +8,9 @@
   rescales option probabilities p -> softmax(log p / T).
 - `risk_coverage`: accuracy of the answers kept when the least confident are withheld, its area
   (AURC, lower is better) and accuracy at fixed coverages; `abstain_threshold` picks the lowest
-  confidence threshold whose kept answers reach a target accuracy on the calibration split.
+  confidence threshold whose kept answers reach a target accuracy on the calibration split *with a
+  statistical guarantee* (Clopper–Pearson lower bound, selective risk control); `abstains` is the one
+  rule every surface applies.
 """
 
 from __future__ import annotations
@@ -136,16 +138,109 @@ def risk_coverage(conf: np.ndarray, correct: np.ndarray, coverages: tuple[float,
             "coverage": (k / n).tolist(), "accuracy": acc.tolist()}
 
 
-def abstain_threshold(conf: np.ndarray, correct: np.ndarray, target_accuracy: float) -> float | None:
-    """Lowest confidence threshold whose kept answers (conf >= t) reach the target accuracy; None if none does."""
+def clopper_pearson_lower(k: int, n: int, level: float) -> float:
+    """One-sided Clopper–Pearson lower confidence bound of a binomial proportion: the p with
+    P(Bin(n, p) >= k) = 1 - level (0 when k = 0). Exact, by bisection on the binomial tail."""
+    if n <= 0 or k <= 0:
+        return 0.0
+    alpha = 1.0 - level
+    i = np.arange(k, n + 1, dtype=float)
+    log_choose = np.array([math.lgamma(n + 1) - math.lgamma(j + 1) - math.lgamma(n - j + 1) for j in range(k, n + 1)])
+
+    def upper_tail(p: float) -> float:  # P(X >= k) for X ~ Bin(n, p)
+        if p <= 0.0:
+            return 0.0
+        return min(1.0, float(np.exp(log_choose + i * math.log(p) + (n - i) * math.log1p(-p)).sum()))
+
+    lo, hi = 0.0, 1.0
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if upper_tail(mid) < alpha:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def abstain_threshold(conf: np.ndarray, correct: np.ndarray, target_accuracy: float, level: float = 0.9
+                      ) -> dict[str, Any]:
+    """Selective risk control (Geifman & El-Yaniv 2017, "SGR"): the lowest confidence threshold whose
+    kept answers (conf >= t) have a Clopper–Pearson lower bound of accuracy >= `target_accuracy`, at
+    confidence `level` overall.
+
+    The thresholds are searched by bisection over the sorted confidences, as in SGR, and each of the
+    ceil(log2 n) tests is made at level 1 - (1 - level) / ceil(log2 n) (Bonferroni), so the guarantee
+    holds for the threshold chosen. A handful of lucky questions cannot set it: with few calibration
+    questions no threshold qualifies, and then every answer is flagged (`abstain_all`).
+
+    Returns {"abstain_threshold": t or None, "abstain_all": bool, "guarantee": {...}} with the
+    method, level, target, n, the answers kept on the calibration split, their accuracy and the bound."""
+    conf, correct = np.asarray(conf, dtype=float), np.asarray(correct, dtype=float)
+    n = len(conf)
+    tests = max(1, math.ceil(math.log2(n))) if n > 1 else 1
+    per_test = 1.0 - (1.0 - level) / tests
+    guarantee: dict[str, Any] = {
+        "method": "SGR bisection, one-sided Clopper-Pearson lower bound, Bonferroni over the tests",
+        "level": level, "target_accuracy": target_accuracy, "n": n, "tests": tests,
+        "kept": 0, "kept_accuracy": None, "lower_bound": None,
+    }
+    if n == 0:
+        return {"abstain_threshold": None, "abstain_all": True, "guarantee": guarantee}
     order = np.argsort(-conf, kind="stable")
     c, ok = conf[order], correct[order]
-    acc = np.cumsum(ok) / np.arange(1, len(c) + 1)
-    best = None
-    for i in range(len(c)):
-        if acc[i] >= target_accuracy and (i + 1 == len(c) or c[i + 1] < c[i]):
-            best = float(c[i])
-    return best
+    hits = np.cumsum(ok)
+
+    def kept_at(i: int) -> int:  # answers kept by the threshold c[i]: every one with conf >= c[i]
+        return int(np.searchsorted(-c, -c[i], side="right"))
+
+    def bound(i: int) -> tuple[int, float]:
+        m = kept_at(i)
+        return m, clopper_pearson_lower(int(hits[m - 1]), m, per_test)
+
+    best: tuple[int, float] | None = None
+    lo, hi = 0, n - 1  # indices into the descending confidences: larger index, lower threshold
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        m, lb = bound(mid)
+        if lb >= target_accuracy:
+            best, lo = (mid, lb), mid + 1
+        else:
+            hi = mid - 1
+    if best is None:
+        return {"abstain_threshold": None, "abstain_all": True, "guarantee": guarantee}
+    i, lb = best
+    m = kept_at(i)
+    guarantee.update(kept=m, kept_accuracy=float(hits[m - 1] / m), lower_bound=lb)
+    return {"abstain_threshold": float(c[i]), "abstain_all": False, "guarantee": guarantee}
+
+
+def abstains(conf: float, calibration: dict[str, Any] | None, threshold: float | None = None,
+             default: float = 0.5) -> bool:
+    """The one abstention rule: below an explicit `threshold` if given; else everything when the
+    calibration found no threshold with its guarantee (`abstain_all`); else below the fitted threshold;
+    without a calibration, below `default`."""
+    if threshold is not None:
+        return conf < threshold
+    cal = calibration or {}
+    if cal.get("abstain_all"):
+        return True
+    fitted = cal.get("abstain_threshold")
+    return conf < (float(fitted) if fitted is not None else default)
+
+
+def guarantee_text(calibration: dict[str, Any] | None) -> str | None:
+    """One sentence saying what the fitted abstention rule guarantees (None without a calibration)."""
+    g = (calibration or {}).get("guarantee")
+    if not g:
+        return None
+    lvl, target, n = g["level"], g["target_accuracy"], g["n"]
+    if (calibration or {}).get("abstain_all"):
+        return (f"No confidence threshold reached {target:.0%} accuracy with {lvl:.0%} confidence on the "
+                f"{n} calibration questions, so every answer is flagged as low confidence.")
+    t = calibration["abstain_threshold"]
+    return (f"Answers at or above {t:.1%} confidence: {g['kept']} of {n} calibration questions, "
+            f"{g['kept_accuracy']:.1%} right; accuracy at least {g['lower_bound']:.1%} with {lvl:.0%} confidence "
+            f"(Clopper-Pearson, target {target:.0%}).")
 
 
 # ----------------------------------------------------------------------------- saved with the adapter

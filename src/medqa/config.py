@@ -147,7 +147,11 @@ class EvalConfig(_Section):
     few_shot_data: DataConfig | None = Field(None, description="where few-shot examples come from (a training split)")
     few_shot_seed: int = 1234
     target_accuracy: float = Field(
-        0.6, gt=0, le=1, description="abstain below the confidence reaching this accuracy on the calibration split"
+        0.6, gt=0, le=1, description="abstain below the lowest confidence whose kept answers reach this accuracy "
+        "(lower confidence bound, see guarantee_level) on the calibration split"
+    )
+    guarantee_level: float = Field(
+        0.9, gt=0, lt=1, description="confidence level of that guarantee (Clopper-Pearson lower bound of accuracy)"
     )
 
 

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medqa.calibrate import apply_temperature, risk_coverage
+from medqa.calibrate import abstains, apply_temperature, guarantee_text, risk_coverage
 from medqa.data import LETTERS, MCQRecord
 from medqa.format import PromptFormat
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -195,9 +195,15 @@ def markdown_report(summary: dict[str, Any]) -> str:
     if cal:
         lines.append(f"- Calibration: temperature {cal['temperature']:.3f} (ECE {cal['ece_uncalibrated']:.3f} before scaling, "
                      f"{cal['ece']:.3f} after)")
-        if cal["abstain_threshold"] is not None:
-            lines.append(f"- Abstains below confidence {cal['abstain_threshold']:.2f} (chosen on the calibration split): "
-                         f"{cal['abstained_share']:.1%} withheld")
+        if cal["abstain_threshold"] is not None or cal.get("abstain_all"):
+            rule = ("abstains on every answer" if cal.get("abstain_all")
+                    else f"abstains below confidence {cal['abstain_threshold']:.2f}")
+            answering = cal.get("accuracy_when_answering")
+            lines.append(f"- Abstention (chosen on the calibration split): {rule}: {cal['abstained_share']:.1%} withheld"
+                         + (f", {answering:.1%} accuracy when answering" if answering is not None else ""))
+            text = guarantee_text(cal)
+            if text:
+                lines.append(f"  - Guarantee: {text}")
     if sel:
         cov = ", ".join(f"{k}: {v:.1%}" for k, v in sel["accuracy_at_coverage"].items())
         lines.append(f"- Selective answering: AURC {sel['aurc']:.3f}; accuracy at coverage {cov}")
@@ -349,13 +355,17 @@ def evaluate(
     correct = np.array([int(np.argmax(p)) == r.answer for p, r in zip(probs, records)], dtype=float)
     rc = risk_coverage(conf, correct)
     threshold = calibration.get("abstain_threshold")
+    fitted = threshold is not None or bool(calibration.get("abstain_all"))
+    answered = np.array([not abstains(float(c), calibration) for c in conf], dtype=bool) if fitted else None
     summary["calibration"] = {
         "temperature": temperature,
         "ece_uncalibrated": summarize(records, raw_probs, low_confidence)["ece"] if temperature != 1.0 else summary["ece"],
         "ece": summary["ece"],
         "abstain_threshold": threshold,
-        "abstained_share": float((conf < threshold).mean()) if threshold is not None and len(conf) else None,
-        "accuracy_when_answering": float(correct[conf >= threshold].mean()) if threshold is not None and (conf >= threshold).any() else None,
+        "abstain_all": bool(calibration.get("abstain_all", False)),
+        "guarantee": calibration.get("guarantee"),
+        "abstained_share": float(1 - answered.mean()) if answered is not None and len(conf) else None,
+        "accuracy_when_answering": float(correct[answered].mean()) if answered is not None and answered.any() else None,
     }
     summary["selective"] = {"aurc": rc["aurc"], "accuracy_at_coverage": rc["accuracy_at_coverage"]}
     summary["seconds"] = round(seconds, 2)

@@ -244,6 +244,7 @@ def fit_calibration(model: Any, tokenizer: Any, cfg: RunConfig, records: list[An
     from medqa.evaluate import expected_calibration_error, score_records
 
     if not records:
+        # no calibration split: identity temperature, no fitted threshold (the default low-confidence flag applies)
         info: dict[str, Any] = {"temperature": 1.0, "abstain_threshold": None, "n": 0}
     else:
         fmt = PromptFormat(tokenizer, cfg.eval.protocol)
@@ -258,7 +259,8 @@ def fit_calibration(model: Any, tokenizer: Any, cfg: RunConfig, records: list[An
             "temperature": t,
             # at the search bound: the split says "no confidence at all" (T -> inf) or "sharpen without limit"
             "temperature_at_bound": not 0.051 < t < 19.9,
-            "abstain_threshold": abstain_threshold(conf, correct, cfg.eval.target_accuracy),
+            # the lowest threshold whose kept answers reach the target with a stated confidence (or abstain_all)
+            **abstain_threshold(conf, correct, cfg.eval.target_accuracy, cfg.eval.guarantee_level),
             "target_accuracy": cfg.eval.target_accuracy,
             "n": len(records),
             "ids": [r.id for r in records],
