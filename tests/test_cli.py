@@ -234,3 +234,51 @@ def test_a_token_in_the_environment_never_reaches_logs_or_run_files(qwen_dir, tm
     assert len(files) > 20  # checkpoints, TensorBoard events, reports, adapters
     for f in files:
         assert fake.encode() not in f.read_bytes(), f
+
+
+def _subcommands() -> list[list[str]]:
+    import argparse
+
+    from medqa.cli import build_parser
+
+    out = []
+
+    def walk(parser: argparse.ArgumentParser, path: list[str]) -> None:
+        subs = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        if path:
+            out.append(path)
+        for action in subs:
+            for name, sub in action.choices.items():
+                walk(sub, [*path, name])
+
+    walk(build_parser(), [])
+    return out
+
+
+@pytest.mark.parametrize("command", _subcommands(), ids=" ".join)
+def test_every_subcommand_help_exits_zero(command, capsys):
+    """Issue 14.0: `medqa train --help` crashed on a '%' in a field's description (argparse formats help)."""
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    assert "usage: medqa" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+def test_help_lists_every_config_field_with_its_default(command, capsys):
+    from medqa.config import config_fields
+
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for dotted, info in config_fields():
+        flag = f"--{dotted}"
+        shortcut = {"model.name": "--model", "model.adapter": "--adapter", "data.dataset": "--dataset",
+                    "data.path": "--data", "data.limit": "--limit", "out": "--out", "eval.protocol": "--protocol",
+                    "model.device": "--device", "train.resume": "--resume", "eval_data.path": "--eval-data"}
+        assert flag in text or shortcut.get(dotted, flag) in text, dotted
+        default = info.get_default(call_default_factory=True)
+        if dotted in shortcut and shortcut[dotted] in text and flag not in text:
+            continue
+        chunk = text[text.rindex(flag + " "):][:400]  # the options list, after the usage line
+        assert "default:" in chunk, (dotted, chunk[:120])

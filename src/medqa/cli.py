@@ -32,17 +32,30 @@ TRAIN_SHORTCUTS = {
 }
 
 
+def _field_help(description: str | None, info: Any) -> str:
+    """A field's one-line help with its default; '%' escaped (argparse %-formats help strings)."""
+    default = info.get_default(call_default_factory=True)
+    if hasattr(default, "model_dump"):
+        default = default.model_dump(mode="json")
+    shown = "null" if default is None else json.dumps(default) if isinstance(default, (list, dict)) else str(default)
+    text = f"{description} (default: {shown})" if description else f"(default: {shown})"
+    return text.replace("%", "%%")
+
+
 def _add_config_flags(p: argparse.ArgumentParser, shortcuts: dict[str, tuple[str, str]]) -> None:
     p.add_argument("--config", help="YAML config file (flags override it)")
+    fields = dict(config_fields())
     for flag, (dest, help_) in shortcuts.items():
         extra = {"nargs": "?", "const": "true"} if flag == "resume" else {}
-        p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE", help=help_, **extra)
+        p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE",
+                       help=_field_help(help_, fields[dest]) if dest in fields else help_.replace("%", "%%"), **extra)
     group = p.add_argument_group("config fields (any field of the YAML config)")
-    for dotted, info in config_fields():
-        if dotted in shortcuts:
+    taken = {dest for dest, _ in shortcuts.values()}
+    for dotted, info in fields.items():
+        if dotted in taken:
             continue
         group.add_argument(f"--{dotted}", dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="VALUE",
-                           help=info.description or argparse.SUPPRESS)
+                           help=_field_help(info.description, info))
 
 
 def build_parser() -> argparse.ArgumentParser:
