@@ -282,3 +282,24 @@ def test_help_lists_every_config_field_with_its_default(command, capsys):
             continue
         chunk = text[text.rindex(flag + " "):][:400]  # the options list, after the usage line
         assert "default:" in chunk, (dotted, chunk[:120])
+
+
+@pytest.mark.parametrize("command", ["eval", "train"])
+@pytest.mark.parametrize("bad", ["/etc/passwd", "wrong-format"])
+def test_bad_data_fails_before_the_model_loads(command, bad, tmp_path, monkeypatch, capsys):
+    """Issue 14.13: a bad data file was reported only after the (slow) model load."""
+    import medqa.recipes
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before the data was read")
+
+    monkeypatch.setattr(medqa.recipes, "load_model", no_model)
+    path = "/etc/passwd" if bad == "/etc/passwd" else str(write_jsonl(tmp_path / "pubmed.jsonl", [
+        {"QUESTION": "Is it?", "CONTEXTS": ["x"], "final_decision": "yes"}]))
+    args = [command, "--dataset", "medmcqa", "--data", path, "--out", str(tmp_path / "o")]
+    if command == "train":
+        args += ["--eval-data", path]
+    rc = main(args)
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "before the data was read" not in err and path in err

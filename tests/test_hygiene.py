@@ -152,3 +152,52 @@ def test_aggregate_accuracy():
         aggregate_accuracy({"x": {"n": 3}})
     with pytest.raises(DataError, match="not within"):
         aggregate_accuracy({"x": {"n": 3, "correct": 4}})
+
+
+def test_held_out_questions_never_train_with_up_sampling_and_near_duplicates(tmp_path):
+    """Issue 14.9: calibration and eval_size questions were split after mixing and up-sampling, so copies
+    of training questions landed in them (this toy mix: 16 of 20 calibration and 15 of 20 held-out questions
+    also trained). Split on normalised content before mixing: zero overlap, near-duplicates included."""
+    from conftest import mcq_row, write_jsonl
+
+    from medqa.config import build_config
+    from medqa.hygiene import content_key
+    from medqa.recipes import training_data
+
+    rows_a = [mcq_row(i) for i in range(40)]
+    rows_a += [mcq_row(i, id=f"dupA{i}", question=f"QUESTION   number {i} about the heart!!") for i in range(5)]
+    rows_b = [mcq_row(100 + i) for i in range(30)] + [mcq_row(3, id="dupB3", opa="ALPHA 3.")]
+    write_jsonl(tmp_path / "a.jsonl", rows_a)
+    write_jsonl(tmp_path / "b.jsonl", rows_b)
+    cfg = build_config(overrides={
+        "mixture": [{"dataset": "medmcqa", "path": str(tmp_path / "a.jsonl"), "weight": 1},
+                    {"dataset": "medmcqa", "path": str(tmp_path / "b.jsonl"), "weight": 2}],
+        "mixture_total": 200, "train.calibration_size": 20, "train.eval_size": 20})
+    train, calib, held, info = training_data(cfg)
+    assert len(calib) == 20 and len(held) == 20 and len(train) == 200  # up-sampled to the total
+    train_keys = {content_key(r) for r in train}
+    assert not any(content_key(r) in train_keys for r in calib)
+    assert not any(content_key(r) in train_keys for r in held)
+    assert not {content_key(r) for r in calib} & {content_key(r) for r in held}
+    assert info["held_out"] == {"calibration": 20, "eval_size": 20, "by": info["held_out"]["by"]}
+    # near-duplicates share a key: case, punctuation, whitespace and option order
+    assert content_key(mcq_row_record(3)) == content_key(mcq_row_record(3, question="QUESTION number 3 about the heart"))
+
+
+def mcq_row_record(i: int, **kw):
+    from medqa.data import MCQRecord
+
+    q = kw.get("question", f"Question number {i} about the heart?")
+    return MCQRecord(id=f"q{i}", question=q, options=[f"beta {i}", f"alpha {i}.", f"gamma {i}", f"delta {i}"], answer=0)
+
+
+def test_holding_out_everything_is_a_clear_error():
+    from medqa.data import MCQRecord
+    from medqa.data import hash_order
+    from medqa.errors import DataError
+    from medqa.hygiene import hold_out_by_content
+
+    recs = [MCQRecord(id=f"q{i}", question=f"Q {i}?", options=["a", "b"], answer=0) for i in range(3)]
+    dup = [MCQRecord(id=f"d{i}", question=f"q {i}", options=["b", "a"], answer=1) for i in range(3)]
+    with pytest.raises(DataError, match="leaves none of 3 distinct"):
+        hold_out_by_content({"a": recs, "b": dup}, [("calibration_size", 3, 1)], hash_order)

@@ -50,9 +50,8 @@ def _add_config_flags(p: argparse.ArgumentParser, shortcuts: dict[str, tuple[str
         p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE",
                        help=_field_help(help_, fields[dest]) if dest in fields else help_.replace("%", "%%"), **extra)
     group = p.add_argument_group("config fields (any field of the YAML config)")
-    taken = {dest for dest, _ in shortcuts.values()}
     for dotted, info in fields.items():
-        if dotted in taken:
+        if dotted in shortcuts:  # `--out`; the other short names are aliases beside their dotted flags
             continue
         group.add_argument(f"--{dotted}", dest=f"cfg:{dotted}", default=argparse.SUPPRESS, metavar="VALUE",
                            help=_field_help(info.description, info))

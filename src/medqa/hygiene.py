@@ -73,6 +73,46 @@ def leak_key(rec: Any) -> str:
     return text_key(rec.question) + "\x1e" + "\x1f".join(sorted(text_key(o) for o in rec.options))
 
 
+_PUNCT = re.compile(r"[\W_]+")
+
+
+def content_key(rec: Any) -> str:
+    """`leak_key` that also ignores punctuation: near-duplicates differing only in case, punctuation or
+    whitespace (and option order) share it. Used to keep every copy of a question on one side of a split."""
+    q = _PUNCT.sub(" ", text_key(rec.question)).strip()
+    return q + "\x1e" + "\x1f".join(sorted(_PUNCT.sub(" ", text_key(o)).strip() for o in rec.options))
+
+
+def hold_out_by_content(parts: Mapping[str, Sequence[Any]], sizes: Sequence[tuple[str, int, int]],
+                        order: Any) -> tuple[dict[str, list[Any]], dict[str, list[Any]]]:
+    """Hold questions out of training by content, before any mixing or up-sampling.
+
+    `parts`: {name: records}; `sizes`: (split name, questions, seed) in order; `order(records, seed)` a
+    seeded order (e.g. `data.hash_order`). Each split takes that many distinct questions (by
+    `content_key`, one representative each, from what earlier splits left); every record sharing a held
+    key — duplicates, near-duplicates, other parts' copies — leaves training. Returns (the parts without
+    the held questions, {split name: representatives})."""
+    reps: dict[str, Any] = {}
+    for recs in parts.values():
+        for r in recs:
+            reps.setdefault(content_key(r), r)
+    remaining = list(reps.values())
+    held: dict[str, list[Any]] = {}
+    held_keys: set[str] = set()
+    for name, n, seed in sizes:
+        if n == 0:
+            held[name] = []
+            continue
+        if n >= len(remaining):
+            raise DataError("train", None, name, f"holding out {n} questions leaves none of {len(remaining)} "
+                            "distinct questions to train on")
+        ordered = order(remaining, seed)
+        held[name], remaining = ordered[:n], ordered[n:]
+        held_keys |= {content_key(r) for r in held[name]}
+    kept = {name: [r for r in recs if content_key(r) not in held_keys] for name, recs in parts.items()}
+    return kept, held
+
+
 def exact_key(rec: Any) -> tuple[str, tuple[str, ...], int]:
     return normalize_text(rec.question), tuple(normalize_text(o) for o in rec.options), rec.answer
 

@@ -30,7 +30,7 @@ from medqa.errors import DataError
 from medqa.evaluate import DISCLAIMER, evaluate, wilson_interval
 from medqa.format import PromptFormat
 from medqa.hardware import detect
-from medqa.hygiene import aggregate_accuracy, mix, remove_leakage
+from medqa.hygiene import aggregate_accuracy, hold_out_by_content, mix, remove_leakage
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from medqa.modeling import apply_lora, describe, load_adapter, load_model
 
@@ -46,10 +46,29 @@ def _describe_data(d: DataConfig) -> str:
     return what
 
 
-def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, data: DataConfig, out: Path, progress: bool,
+@dataclasses.dataclass
+class EvalSet:
+    """One evaluation set, read and validated before any model loads: its records, load report, few-shot examples."""
+
+    data: DataConfig
+    records: list[Any]
+    report: Any
+    shots: list[Any]
+
+
+def load_eval_sets(cfg: RunConfig, sets: dict[str, DataConfig]) -> dict[str, EvalSet]:
+    """Read every evaluation set (and its few-shot pool): a bad file fails here, before the slow model load."""
+    out = {}
+    for name, d in sets.items():
+        records, report = load_dataset_config(d, default_split="validation")
+        out[name] = EvalSet(d, records, report, few_shot_examples(cfg, records))
+    return out
+
+
+def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, es: EvalSet, out: Path, progress: bool,
               calibration: dict[str, Any] | None = None) -> dict[str, Any]:
-    records, report = load_dataset_config(data, default_split="validation")
-    fmt = PromptFormat(tokenizer, cfg.eval.protocol, shots=few_shot_examples(cfg, records))
+    data, records, report = es.data, es.records, es.report
+    fmt = PromptFormat(tokenizer, cfg.eval.protocol, shots=es.shots)
     meta = {
         "model": cfg.model.name,
         "adapter": cfg.model.adapter,
@@ -90,7 +109,7 @@ def evaluation_sets(cfg: RunConfig, include_data: bool) -> dict[str, DataConfig]
     return sets
 
 
-def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataConfig], out: Path,
+def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, EvalSet], out: Path,
                progress: bool, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """One set: its summary, written to `out`. Several: each in `out/NAME`, pooled summary in `out`."""
     if len(sets) == 1:
@@ -135,9 +154,10 @@ def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, DataC
 def run_eval(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     """Evaluate `cfg.model` (+ adapter) on `cfg.data` (or every `cfg.eval_sets`); writes the reports to `cfg.out`."""
     apply_env(cfg)
+    sets = load_eval_sets(cfg, evaluation_sets(cfg, include_data=True))  # bad data fails before the model loads
     hw = init_distributed(detect(cfg.model.device))
     model, tokenizer = load_model(cfg.model, hw)
-    return _eval_sets(model, tokenizer, cfg, evaluation_sets(cfg, include_data=True), Path(cfg.out), progress)
+    return _eval_sets(model, tokenizer, cfg, sets, Path(cfg.out), progress)
 
 
 def _rank() -> int:
@@ -165,19 +185,53 @@ def init_distributed(hw: Any) -> Any:
     return hw
 
 
-def training_records(cfg: RunConfig) -> tuple[list[Any], dict[str, Any]]:
-    """`cfg.data`, or a seeded weighted mixture of `cfg.mixture`."""
+def training_parts(cfg: RunConfig) -> tuple[dict[str, tuple[list[Any], float]], dict[str, Any]]:
+    """`cfg.data` as one part, or each dataset of `cfg.mixture`: {name: (records, weight)} and load reports."""
     if not cfg.mixture:
         records, report = load_dataset_config(cfg.data, default_split="train")
-        return records, {"data_load": report.as_dict()}
+        return {"data": (records, 1.0)}, {"data_load": report.as_dict()}
     parts, loads = {}, {}
     for i, entry in enumerate(cfg.mixture):
         name = f"{i}:{entry.dataset}"
         records, report = load_dataset_config(entry, default_split="train")
         parts[name] = (records, entry.weight)
         loads[name] = report.as_dict()
-    records, info = mix(parts, seed=cfg.mixture_seed, total=cfg.mixture_total)
-    return records, {"data_load": loads, "mixture": info}
+    return parts, {"data_load": loads}
+
+
+def training_data(cfg: RunConfig, held: dict[str, list[Any]] | None = None
+                  ) -> tuple[list[Any], list[Any], list[Any], dict[str, Any]]:
+    """(train, calibration, held-out, info): the training data with evaluation questions removed, the
+    calibration and `eval_size` questions held out by content before mixing and up-sampling (so no copy
+    or near-duplicate of a held-out question trains), then the seeded mixture. Not yet augmented."""
+    parts, info = training_parts(cfg)
+    if held:  # no evaluation question (same normalised question and options) may be trained on
+        reports = {}
+        for name, (records, weight) in parts.items():
+            kept, reports[name] = remove_leakage(records, held)
+            parts[name] = (kept, weight)
+        info["leakage"] = {
+            "input": sum(r["input"] for r in reports.values()), "kept": sum(r["kept"] for r in reports.values()),
+            "removed": sum(r["removed"] for r in reports.values()),
+            "by_eval": {k: sum(r["by_eval"][k] for r in reports.values()) for k in held},
+            "removed_ids": [i for r in reports.values() for i in r["removed_ids"]][:20],
+        }
+        if not any(records for records, _ in parts.values()):
+            raise DataError("data", None, None, "every training question also occurs in the evaluation data")
+    n_rows = cfg.mixture_total or sum(len(records) for records, _ in parts.values())
+    n_cal = cfg.train.calibration_size if cfg.train.calibration_size is not None else min(500, n_rows // 10)
+    kept, splits = hold_out_by_content(
+        {name: records for name, (records, _) in parts.items()},
+        [("calibration_size", n_cal, cfg.train.seed + 1), ("eval_size", cfg.train.eval_size, cfg.train.seed + 2)],
+        hash_order)
+    if not cfg.mixture:
+        records = kept["data"]
+    else:
+        records, info["mixture"] = mix({name: (kept[name], w) for name, (_, w) in parts.items()},
+                                       seed=cfg.mixture_seed, total=cfg.mixture_total)
+    info["held_out"] = {"calibration": len(splits["calibration_size"]), "eval_size": len(splits["eval_size"]),
+                        "by": "normalised question and options (case, punctuation, whitespace, option order)"}
+    return records, splits["calibration_size"], splits["eval_size"], info
 
 
 def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) -> dict[str, Any]:
@@ -189,16 +243,9 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
     apply_env(cfg)
     set_seed(cfg.train.seed)  # the LoRA initialisation too: the same config gives the same adapter
     hw = detect(cfg.model.device)
-    records, result = training_records(cfg)
-    sets = evaluation_sets(cfg, include_data=False)
-    if sets:
-        # no evaluation question (same normalised question and options) may be trained on
-        held = {name: load_dataset_config(d, default_split="validation")[0] for name, d in sets.items()}
-        records, result["leakage"] = remove_leakage(records, held)
-        if not records:
-            raise DataError("data", None, None, "every training question also occurs in the evaluation data")
-    records, calib_records = calibration_split(cfg, records)
-    records, train_eval_records = held_out_split(records, cfg.train.eval_size, cfg.train.seed + 2, "eval_size")
+    sets = load_eval_sets(cfg, evaluation_sets(cfg, include_data=False))  # all data read before the model loads
+    records, calib_records, train_eval_records, result = training_data(
+        cfg, {name: es.records for name, es in sets.items()})
     records, result["augmentation"] = augment_options(records, cfg.train.augment_copies, cfg.train.seed)
     model, tokenizer = load_model(cfg.model, hw, with_adapter=False)
     out = Path(cfg.out)
@@ -216,24 +263,6 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
         result["after"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_after", progress, result["calibration"])
     atomic_write_json(out / "run_summary.json", result)
     return result
-
-
-def calibration_split(cfg: RunConfig, records: list[Any]) -> tuple[list[Any], list[Any]]:
-    """Hold out calibration questions (seeded) from the training records: (train, calibration)."""
-    n = cfg.train.calibration_size
-    if n is None:
-        n = min(500, len(records) // 10)
-    return held_out_split(records, n, cfg.train.seed + 1, "calibration_size")
-
-
-def held_out_split(records: list[Any], n: int, seed: int, field: str) -> tuple[list[Any], list[Any]]:
-    """Seeded hash split of `n` questions out of the training records: (train, held out)."""
-    if n == 0:
-        return records, []
-    if n >= len(records):
-        raise DataError("train", None, field, f"holding out {n} questions leaves none of {len(records)} to train on")
-    ordered = hash_order(records, seed)
-    return ordered[n:], ordered[:n]
 
 
 def fit_calibration(model: Any, tokenizer: Any, cfg: RunConfig, records: list[Any], adapter_dir: Path,
