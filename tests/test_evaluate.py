@@ -179,3 +179,54 @@ def test_few_shot_prompts(qwen_dir, plain_dir):
     lm = PromptFormat(AutoTokenizer.from_pretrained(plain_dir), "lm-eval", shots=shots)
     q = lm.prompt(r)
     assert q.count("Answer:") == 3 and f"Answer: {shots[1].answer_letter}\n\nQuestion:" in q
+
+
+def _held_records():
+    """Two demo questions, one whose options point at other options, and one PubMedQA yes/no/maybe question."""
+    demo = load_demo()[:2]
+    both = MCQRecord(id="both", question="Which causes mottled enamel?", options=["Fluorosis", "Dental Caries", "Both", "None"],
+                     answer=0, source="medmcqa")
+    pubmed = MCQRecord(id="pm", question="Does drug X lower blood pressure?", context="A trial of drug X.",
+                       options=["yes", "no", "maybe"], answer=2, source="pubmedqa")
+    return demo + [both, pubmed]
+
+
+def test_rotation_holds_options_that_point_at_others_and_pubmedqa_labels():
+    for r in _held_records()[2:]:
+        for shift in range(4):
+            assert rotate(r, shift) == r  # kept in its original order under every "permutation"
+    r = load_demo()[0]
+    assert rotate(r, 1).options == [r.options[-1]] + r.options[:-1]
+
+
+def test_permutation_analysis_holds_fixed_questions_and_says_how_many(qwen_dir):
+    model, tok = _load(qwen_dir)
+    fmt = PromptFormat(tok)
+    records = _held_records()
+    base = score_records(model, fmt, records, progress=False)
+    res = permutation_analysis(model, fmt, records, base, k=4, progress=False)
+    assert res["held_fixed"] == 2 and res["permuted"] == 2
+    for i in (2, 3):
+        np.testing.assert_allclose(res["debiased_probs"][i], base[i], atol=1e-7)  # never rotated, never averaged
+    r = records[0]
+    rotated = [score_records(model, fmt, [rotate(r, sh)], progress=False)[0] for sh in range(4)]
+    by_content = np.mean([[p[(j + sh) % 4] for j in range(4)] for sh, p in enumerate(rotated)], axis=0)
+    np.testing.assert_allclose(res["debiased_probs"][0], by_content, atol=1e-5)
+
+
+def test_permutations_are_scaled_with_the_same_temperature(qwen_dir, tmp_path):
+    """With T != 1 every permutation's probabilities are temperature-scaled before the per-content average,
+    not only the unpermuted ones."""
+    from medqa.calibrate import apply_temperature
+
+    model, tok = _load(qwen_dir)
+    fmt = PromptFormat(tok)
+    records, t, k = load_demo()[:4], 0.2, 3
+    evaluate(model, fmt, records, tmp_path, batch_size=4, progress=False, permutations=k,
+             calibration={"temperature": t, "abstain_threshold": None})
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    for r, row in zip(records, rows):
+        scaled = apply_temperature([score_records(model, fmt, [rotate(r, sh)], progress=False)[0] for sh in range(k)], t)
+        want = np.mean([[p[(j + sh) % 4] for j in range(4)] for sh, p in enumerate(scaled)], axis=0)
+        np.testing.assert_allclose(row["debiased_probs"], want, atol=2e-5)
+        np.testing.assert_allclose(row["probs"], scaled[0], atol=2e-5)

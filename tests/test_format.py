@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from medqa.data import MCQRecord
+from medqa.data import LETTERS, MCQRecord
 from medqa.errors import ModelError
 from medqa.format import PromptFormat
 
@@ -82,3 +82,56 @@ def test_no_explanation_and_truncation(qwen_dir):
 def test_unknown_protocol(qwen_tokenizer):
     with pytest.raises(ModelError, match="protocol"):
         PromptFormat(qwen_tokenizer, "nonsense")
+
+
+# ----------------------------------------------------------------------------- prompt and scorer agree, every protocol and dataset
+
+def _family(source: str) -> list[MCQRecord]:
+    """Records of one dataset family, answered at every position."""
+    from medqa.data import load_demo
+
+    if source == "demo":
+        base = load_demo()[0]
+    elif source == "pubmedqa":
+        base = MCQRecord(id="1000", question="Does drug X lower blood pressure in adults?", options=["yes", "no", "maybe"],
+                         answer=0, context="A randomised trial of drug X.", explanation="It did.", source="pubmedqa")
+    elif source == "mmlu":
+        base = MCQRecord(id="m", question="Which bone is in the forearm?", options=["Femur", "Tibia", "Ulna", "Fibula"],
+                         answer=2, subject="anatomy", source="mmlu")
+    elif source == "medqa-usmle":
+        base = MCQRecord(id="u", question="A 30-year-old presents with fever. Next step?",
+                         options=["Observe", "Antibiotics", "Surgery", "Imaging", "Discharge"], answer=1, source="medqa-usmle")
+    else:  # medmcqa, generic csv / jsonl
+        base = rec().model_copy(update={"source": source})
+    return [base.model_copy(update={"answer": a}) for a in range(len(base.options))]
+
+
+@pytest.fixture(scope="module")
+def no_template_tokenizer():
+    from conftest import build_qwen_tokenizer
+
+    return build_qwen_tokenizer(chat_template=None)
+
+
+@pytest.mark.parametrize("source", ["medmcqa", "medqa-usmle", "pubmedqa", "mmlu", "generic", "demo"])
+@pytest.mark.parametrize("protocol", ["chat-template", "chat-no-template", "lm-eval"])
+def test_training_target_and_prompt_agree_with_what_the_scorer_reads(protocol, source, qwen_tokenizer,
+                                                                     no_template_tokenizer):
+    tok = no_template_tokenizer if protocol == "chat-no-template" else qwen_tokenizer
+    fmt = PromptFormat(tok, "lm-eval" if protocol == "lm-eval" else "chat")
+    assert fmt.name == {"chat-template": "chat-template", "chat-no-template": "plain", "lm-eval": "lm-eval"}[protocol]
+    for r in _family(source):
+        prompt, prompt_ids = fmt.prompt(r), fmt.encode_prompt(r)
+        ex = fmt.encode_example(r, max_length=1024)
+        assert ex["input_ids"][: len(prompt_ids)] == prompt_ids
+        # training's first target token is the token the scorer reads for the gold answer
+        assert ex["input_ids"][len(prompt_ids)] == fmt.choice_ids(r)[r.answer]
+        assert fmt.encode(prompt + fmt.target(r)) == ex["input_ids"]
+        # every option the scorer reads is in front of the model: letters listed with their options, or the
+        # scored continuations are the option words themselves
+        scored = [c.strip() for c in fmt.choice_strings(r)]
+        if scored == list(LETTERS[: len(r.options)]):
+            for letter, option in zip(LETTERS, r.options):
+                assert f"{letter}. {option}" in prompt
+        else:
+            assert scored == r.options

@@ -2,7 +2,9 @@
 
 - `augment_options`: permute each training question's options so the gold letter is spread evenly
   over the positions (balanced, seeded; the gold index follows its option). Questions whose options
-  refer to other options by letter or position ("Both A and B", "All of the above") keep their order.
+  point at other options ("Both A and B", "All of the above", "None", "Either A or C": `refers_to_positions`)
+  and PubMedQA's fixed yes / no / maybe keep their order (`keeps_option_order`, also used by the
+  permutation analysis).
 - `fit_temperature`: one scalar T minimising the negative log-likelihood of the gold option on a
   calibration split (disjoint from training and from the final evaluation); `apply_temperature`
   rescales option probabilities p -> softmax(log p / T).
@@ -29,16 +31,78 @@ from medqa.data import LETTERS, MCQRecord
 from medqa.io import atomic_write_json
 
 CALIBRATION_FILE = "calibration.json"
+# An option "points at other options" when its meaning depends on the other options of the question: it
+# quantifies over them ("All of the above", "None", "Both", "Any of these", "All are equal") or names them by
+# letter or number ("Both A and B", "Either A or C", "Only A", "All except C", "Both option 2 and 3", a bare
+# "1 and 2" beside options that are not letters). Such a question keeps its option order (augmentation, rotation).
+# Letter sets among letter-set options ("ab", "1,3", "a only") name statements in the question stem, not options.
+_QUANT = r"(?:all|none|both|neither|either|any|some)"
 _REFERS = re.compile(
-    r"\b(all|none|both|neither|either)\b.{0,12}\b(above|below|of these|of the|options?)\b"
-    r"|\b(both|only)\s+\(?[a-e1-5]\)?\s*(,|and|&|or)\s*\(?[a-e1-5]\)?\b"
-    r"|^\s*\(?[a-e]\)?\s*(,|and|&)\s*\(?[a-e]\)?\s*$",
+    rf"\b{_QUANT}\s+(?:of\s+(?:the\s+)?|the\s+)(?:above|below|following)\b"  # All of the above, all the following
+    rf"|\b{_QUANT}\s+(?:of\s+)?(?:these|those)\b|^{_QUANT}\s+above$"  # None of these, All above ("all above 40": no)
+    rf"|\b{_QUANT}\s+of\s+(?:the\s+)?(?:them|options?|choices?|alternatives|(?:two|three|four|five))\b"  # Either of the three
+    rf"|^{_QUANT}$"  # standing alone: All, None., Both, Neither, Any
+    r"|^(?:all|both)\s+(?:are\s+|is\s+|have\s+|at\s+|remain\s+)?(?:the\s+)?(?:same|equal|equally|similar|common)\b"  # All are equal
+    r"|^(?:all|any)\s*,?\s+(?:except|but)\b",  # All except C, Any but ...
     re.IGNORECASE,
 )
+_ONE = r"\(?\s*[a-e1-5]\s*\)?"
+_SEP = r"(?:\s*[,&+/]\s*|(?:\s+|(?<=\)))(?:and|or|nor)(?:\s+|(?=\()))"  # words need spaces: "Cord" is no set
+_LETTER_REF = re.compile(  # letters or numbers that name options when the options themselves are not letters
+    rf"^(?:(?:both|either|neither|only)\s+(?:of\s+)?(?:options?\s+)?|options?\s+)(?P<a>{_ONE}(?:(?:{_SEP})?{_ONE})*)$"  # Both AB
+    rf"|^(?P<b>{_ONE}(?:{_SEP}{_ONE})*)\s+(?:only|alone)$"  # A only
+    rf"|^(?:all|any)\s+(?:options?\s+)?(?:except|but)\s+(?P<c>{_ONE}(?:{_SEP}{_ONE})*)$"  # All except C
+    rf"|^(?P<d>{_ONE}(?:{_SEP}{_ONE})+)$",  # a bare set: A and B, 1, 3
+    re.IGNORECASE,
+)
+_OWN_LABEL = re.compile(r"^\s*(?:\([a-e]\)|[a-e]\))\s+(?!(?:and|or|nor)\b|[,&+/])", re.IGNORECASE)  # "d)\tNone of the above"
+
+
+def _normal(option: str) -> str:
+    return _OWN_LABEL.sub("", option).strip().rstrip(".,;:!").strip()
+
+
+_LETTER_LIKE = re.compile(rf"^(?:only\s+)?{_ONE}(?:(?:{_SEP})?{_ONE})*(?:\s+(?:only|alone))?$", re.IGNORECASE)
+
+
+def _letter_like(option: str) -> bool:
+    """A letter or number on its own, a letter set ("ab", "1, 3"), or such a set with only/alone: options that
+    name the stem's statements (or a figure's labels) rather than other options."""
+    return bool(_LETTER_LIKE.match(_normal(option)))
+
+
+def _names_options(option: str, n_options: int) -> bool:
+    m = _LETTER_REF.match(_normal(option))
+    if not m:
+        return False
+    letters = re.findall(r"[a-e1-5]", next(g for g in m.groups() if g), re.IGNORECASE)
+    index = [("abcde".index(x.lower()) if x.isalpha() else int(x) - 1) for x in letters]
+    return all(i < n_options for i in index)
 
 
 def refers_to_positions(rec: MCQRecord) -> bool:
-    return any(_REFERS.search(o) for o in rec.options)
+    """True when an option points at other options (quantifies over them or names them by letter/number)."""
+    for i, option in enumerate(rec.options):
+        s = _normal(option)
+        if s == "ALL":  # acute lymphoblastic leukaemia, not "all of the options"
+            continue
+        if _REFERS.search(s):
+            return True
+        others_letters = any(_letter_like(o) for j, o in enumerate(rec.options) if j != i)
+        if not others_letters and _names_options(s, len(rec.options)):
+            return True
+    return False
+
+
+def fixed_label_set(rec: MCQRecord) -> bool:
+    """PubMedQA's yes / no / maybe: a fixed label set in a fixed order, not options to shuffle."""
+    return rec.source == "pubmedqa" or [o.strip().lower() for o in rec.options] == ["yes", "no", "maybe"]
+
+
+def keeps_option_order(rec: MCQRecord) -> bool:
+    """Questions whose options must stay where they are: option-order augmentation and the permutation
+    analysis leave them as they are."""
+    return fixed_label_set(rec) or refers_to_positions(rec)
 
 
 def augment_options(records: list[MCQRecord], copies: int = 1, seed: int = 42) -> tuple[list[MCQRecord], dict[str, Any]]:
@@ -60,7 +124,7 @@ def augment_options(records: list[MCQRecord], copies: int = 1, seed: int = 42) -
             rng.shuffle(slots)
             target.update(zip(idx, slots))
         for i, r in enumerate(records):
-            if refers_to_positions(r):
+            if keeps_option_order(r):
                 kept += c == 0
                 out.append(r if c == 0 else r.model_copy(update={"id": f"{r.id}#p{c}"}))
                 continue

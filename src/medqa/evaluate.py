@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medqa.calibrate import abstains, apply_temperature, guarantee_text, risk_coverage
+from medqa.calibrate import abstains, apply_temperature, guarantee_text, keeps_option_order, risk_coverage
 from medqa.data import LETTERS, MCQRecord
 from medqa.format import PromptFormat
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -184,7 +184,9 @@ def markdown_report(summary: dict[str, Any]) -> str:
     if "robustness" in summary:
         rb = summary["robustness"]
         lines.append(f"- Option-order robustness ({rb['permutations']} cyclic permutations): the chosen answer stays the "
-                     f"same for {rb['consistency']:.1%} of questions; permutation-debiased accuracy "
+                     f"same for {rb['consistency']:.1%} of the {rb.get('permuted', summary['n'])} permuted questions "
+                     f"({rb.get('held_fixed', 0)} held in their original order: options that point at other options, "
+                     f"fixed label sets); permutation-debiased accuracy "
                      f"{rb['debiased_accuracy']:.1%} ({rb['debiased_ci95'][0]:.1%}–{rb['debiased_ci95'][1]:.1%})")
     if "generative" in summary:
         g = summary["generative"]
@@ -223,7 +225,12 @@ def markdown_report(summary: dict[str, Any]) -> str:
 
 
 def rotate(rec: MCQRecord, shift: int) -> MCQRecord:
-    """Cyclic permutation of the options: option i moves to position (i + shift) mod n."""
+    """Cyclic permutation of the options: option i moves to position (i + shift) mod n.
+
+    A question that must keep its order (an option points at other options, "Both" / "None of the above", or
+    PubMedQA's yes / no / maybe: `keeps_option_order`) is returned as it is, under every shift."""
+    if keeps_option_order(rec):
+        return rec
     n = len(rec.options)
     opts = [rec.options[(j - shift) % n] for j in range(n)]
     return rec.model_copy(update={"options": opts, "answer": (rec.answer + shift) % n})
@@ -231,30 +238,40 @@ def rotate(rec: MCQRecord, shift: int) -> MCQRecord:
 
 def permutation_analysis(
     model: Any, fmt: PromptFormat, records: list[MCQRecord], base_probs: list[np.ndarray], k: int,
-    batch_size: int = 16, progress: bool = True,
+    batch_size: int = 16, progress: bool = True, temperature: float = 1.0,
 ) -> dict[str, Any]:
     """Score each question under k cyclic permutations (shift 0 = `base_probs`).
 
-    consistency: share of questions whose chosen option *content* is the same under every permutation.
-    debiased: accuracy of the per-content probabilities averaged over the permutations.
+    `base_probs` are the unpermuted probabilities *before* temperature scaling: every permutation's
+    probabilities, the unpermuted included, are scaled with the same `temperature` before they are compared
+    or averaged. Questions that keep their option order (`keeps_option_order`) are not permuted: their
+    probabilities are the unpermuted ones under every "permutation" (`held_fixed` counts them).
+
+    consistency: share of the permuted questions whose chosen option *content* is the same under every permutation.
+    debiased: accuracy, over every question, of the per-content probabilities averaged over the permutations.
     """
     shifts = list(range(1, k))
-    rotated = [rotate(r, sh) for sh in shifts for r in records if sh < len(r.options)]
-    scored = iter(_sharded(lambda rs: score_records(model, fmt, rs, batch_size, progress, desc="permutations"), rotated))
-    per_content = [[np.asarray(p)] for p in base_probs]  # in original option order
+    held = [keeps_option_order(r) for r in records]
+    rotated = [rotate(r, sh) for sh in shifts for r, h in zip(records, held) if not h and sh < len(r.options)]
+    scored = iter(apply_temperature(
+        _sharded(lambda rs: score_records(model, fmt, rs, batch_size, progress, desc="permutations"), rotated),
+        temperature))
+    per_content = [[p] for p in apply_temperature(base_probs, temperature)]  # in original option order
     for sh in shifts:
         for i, r in enumerate(records):
-            if sh < len(r.options):
+            if not held[i] and sh < len(r.options):
                 p = next(scored)
                 n = len(r.options)
                 per_content[i].append(np.array([p[(j + sh) % n] for j in range(n)]))
-    consistent = [len({int(np.argmax(p)) for p in ps}) == 1 for ps in per_content]
+    consistent = [len({int(np.argmax(p)) for p in ps}) == 1 for ps, h in zip(per_content, held) if not h]
     debiased = [np.mean(ps, axis=0) for ps in per_content]
     k_correct = sum(int(np.argmax(p)) == r.answer for p, r in zip(debiased, records))
     n = len(records)
     return {
         "permutations": k,
-        "consistency": float(np.mean(consistent)) if n else 0.0,
+        "permuted": len(consistent),
+        "held_fixed": sum(held),
+        "consistency": float(np.mean(consistent)) if consistent else 0.0,
         "debiased_accuracy": k_correct / n if n else 0.0,
         "debiased_ci95": list(wilson_interval(k_correct, n)),
         "debiased_probs": debiased,
@@ -373,7 +390,8 @@ def evaluate(
     summary["processes"] = world
     rows = prediction_rows(records, probs)
     if permutations > 1:
-        perm = permutation_analysis(model, fmt, records, probs, permutations, batch_size, progress and rank == 0)
+        perm = permutation_analysis(model, fmt, records, raw_probs, permutations, batch_size, progress and rank == 0,
+                                    temperature=temperature)  # every permutation scaled alike
         for row, p in zip(rows, perm.pop("debiased_probs")):
             row["debiased_probs"] = [round(float(x), 6) for x in p]
         summary["robustness"] = perm

@@ -11,6 +11,11 @@ Protocols:
   `enable_thinking=False`); models without a template get the plain format below.
 - "lm-eval": lm-evaluation-harness's `medmcqa` prompt ("Question: ...\\nChoices:\\nA. ...\\nAnswer:"),
   letters scored as " A", " B", ...
+
+PubMedQA: under "lm-eval" the prompt is lm-eval's `pubmedqa` one (abstract and question, no options) and
+the scored continuations are the words " yes" / " no" / " maybe", so training teaches " yes" (not " A. yes").
+Under "chat", with or without a template, the options are listed as "A. yes / B. no / C. maybe" and the
+letters are scored, as for every other dataset (predict, serve and generative parsing read letters).
 """
 
 from __future__ import annotations
@@ -43,15 +48,18 @@ def _options_block(rec: MCQRecord) -> str:
     return "".join(f"{LETTERS[i]}. {opt}\n" for i, opt in enumerate(rec.options))
 
 
-def plain_prompt(rec: MCQRecord) -> str:
+def plain_prompt(rec: MCQRecord, list_options: bool = False) -> str:
     """lm-evaluation-harness's prompt for the record's benchmark (0.4.x task templates).
 
     medmcqa (and anything else): "Question: q\nChoices:\nA. ..\nAnswer:"; medqa_4options:
     "Question: q\nA. ..\nAnswer:"; pubmedqa: "Abstract: ctx\nQuestion: q\nAnswer:" (choices are the
     words yes / no / maybe); mmlu: "q\nA. ..\nAnswer:" after the task description naming the subject.
+    With `list_options` (the plain chat format, which scores letters), pubmedqa lists its options too:
+    "Abstract: ctx\nQuestion: q\nChoices:\nA. yes\nB. no\nC. maybe\nAnswer:".
     """
     if rec.source == "pubmedqa":
-        return f"Abstract: {rec.context or ''}\nQuestion: {rec.question}\nAnswer:"
+        choices = f"Choices:\n{_options_block(rec)}" if list_options else ""
+        return f"Abstract: {rec.context or ''}\nQuestion: {rec.question}\n{choices}Answer:"
     if rec.source == "medqa-usmle":
         return f"Question: {rec.question}\n{_options_block(rec)}Answer:"
     if rec.source == "mmlu":
@@ -115,23 +123,35 @@ class PromptFormat:
                              {"role": "assistant", "content": self.answer_text(shot)}]
             return self._render(msgs, generation_prompt=True)
         # lm-evaluation-harness layout: description, then "<prompt> <choice>" shots joined by a blank line
-        shots = "".join(f"{plain_prompt(s)}{self.choice_strings(s)[s.answer]}\n\n" for s in self.shots)
-        return lm_eval_description(rec) + shots + plain_prompt(rec)
+        shots = "".join(f"{self._plain(s)}{self.choice_strings(s)[s.answer]}\n\n" for s in self.shots)
+        return lm_eval_description(rec) + shots + self._plain(rec)
+
+    def _plain(self, rec: MCQRecord) -> str:
+        # letters are scored unless lm-eval's words are: then the options must be in the prompt
+        return plain_prompt(rec, list_options=not self.scores_words(rec))
+
+    def scores_words(self, rec: MCQRecord) -> bool:
+        """lm-eval's PubMedQA scores the words yes / no / maybe, not letters."""
+        return self.protocol == "lm-eval" and rec.source == "pubmedqa"
 
     def choice_strings(self, rec: MCQRecord) -> list[str]:
         """The continuations scored after the prompt: letters, or lm-eval's words for PubMedQA."""
-        if not self.uses_template and self.protocol == "lm-eval" and rec.source == "pubmedqa":
+        if self.scores_words(rec):
             return [" " + o for o in rec.options]
         return [self.letter_prefix + L for L in LETTERS[: len(rec.options)]]
 
     def choice_ids(self, rec: MCQRecord) -> list[int]:
-        if not self.uses_template and self.protocol == "lm-eval" and rec.source == "pubmedqa":
+        if self.scores_words(rec):
             return [self._single_token(c) for c in self.choice_strings(rec)]
         return self.letter_ids(len(rec.options))
 
     def answer_text(self, rec: MCQRecord) -> str:
-        """What the assistant says: letter, option text, then the explanation when there is one."""
-        text = f"{self.letter_prefix}{rec.answer_letter}. {rec.options[rec.answer].strip()}"
+        """What the assistant says: letter, option text, then the explanation when there is one (lm-eval's
+        PubMedQA: the word the scorer reads, " yes", then the explanation)."""
+        if self.scores_words(rec):
+            text = self.choice_strings(rec)[rec.answer]
+        else:
+            text = f"{self.letter_prefix}{rec.answer_letter}. {rec.options[rec.answer].strip()}"
         if rec.explanation:
             text += f"\nExplanation: {rec.explanation.strip()}"
         return text
@@ -164,9 +184,9 @@ class PromptFormat:
         prompt_ids = self.encode_prompt(rec)
         answer_ids = self.encode(self.answer_text(rec))
         end_ids = self.encode(self.end_text)
-        if not answer_ids or answer_ids[0] != self._letter_ids[rec.answer]:
+        if not answer_ids or answer_ids[0] != self.choice_ids(rec)[rec.answer]:
             raise ModelError(
-                f"record {rec.id}: the answer does not start with the letter token the scorer reads "
+                f"record {rec.id}: the answer does not start with the token the scorer reads "
                 f"({self.tokenizer.convert_ids_to_tokens(answer_ids[:2])})"
             )
         room = max_length - len(prompt_ids) - len(end_ids)
