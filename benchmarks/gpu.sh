@@ -2,6 +2,8 @@
 # GPU benchmark (CUDA or ROCm), no internet needed, under 8 minutes on a data-centre GPU:
 # a Qwen3-1.7B-shaped model with random bf16 weights, LoRA training at the reference recipe's shape
 # (batch 4 x accumulation 4, 256 tokens), and the evaluation scorer against generate-8 at batch 1.
+# First a gradient check: one optimizer step of the default training path (lean autograd, step prefix,
+# fused head) against the plain path, in fp16 with a GradScaler, bf16 and fp32 (exits 1 on FAIL).
 #   bash benchmarks/gpu.sh                 # on the GPU machine
 #   SHAPE=tiny bash benchmarks/gpu.sh      # quick check of the script on CPU
 set -euo pipefail

@@ -269,9 +269,23 @@ class StepPrefix:
     The weights only change at the optimizer step, so the prefix's keys and values are the same for all
     micro-batches of a step. The first micro-batch runs the prefix (with its autograd graph); the others
     continue from detached copies (leaves) whose gradients accumulate; the step's last micro-batch uses
-    the graph itself and adds <prefix keys/values, accumulated gradients> to its loss (zero value, and
-    exactly those gradients), so the prefix's backward runs once, inside the step's last backward pass
-    (under DDP, the synchronised one). Gradients equal running the prefix in every micro-batch."""
+    the graph itself, and its backward pass also hands the prefix keys/values the accumulated gradients
+    (`add_earlier_gradients`), so the prefix's backward runs once, inside the step's last backward pass
+    (under DDP, the synchronised one).
+
+    Whatever multiplies the loss between `compute_loss` and its backward pass (GradScaler's fp16 loss
+    scale, the Trainer's division by the accumulation steps) is the same for all micro-batches of a step
+    (GradScaler changes its scale in `update()`, after the step) and is already in the accumulated
+    gradients, so they are handed on as they are, not through the last loss (which would apply it twice).
+    A non-finite accumulated gradient (an fp16 overflow in an earlier micro-batch) makes the whole step's
+    gradients non-finite, so GradScaler skips the step as it would on the plain path.
+
+    What holds: without LoRA dropout (or in eval mode) the loss and the gradients equal running the prefix
+    in every micro-batch (up to float rounding). With dropout in training mode the prefix runs once, so
+    ONE dropout mask over the prefix positions is shared by every row and micro-batch of the step (the
+    plain path draws one per row and micro-batch): each row's mask has the same distribution, so the loss
+    and the gradients are equal in expectation, but they are a different (more correlated) sample, not the
+    plain path's draw for draw."""
 
     def __init__(self, ids: list[int]):
         self.ids = torch.tensor(ids, dtype=torch.long)
@@ -287,9 +301,10 @@ class StepPrefix:
         return input_ids.shape[1] > p and bool((input_ids[:, :p] == self.ids.to(input_ids.device)).all())
 
     def cache(self, model: Any, config: Any, rows: int, last: bool, step: Any = None
-              ) -> tuple[Any, torch.Tensor | None, int]:
-        """A cache holding the prefix for `rows` rows, the term to add to the loss (last micro-batch), and
-        the prefix positions this call ran through the model (0 when the step's prefix was reused)."""
+              ) -> tuple[Any, list[tuple[torch.Tensor, torch.Tensor]] | None, int]:
+        """A cache holding the prefix for `rows` rows; on the step's last micro-batch, the (prefix key or
+        value, accumulated gradient) pairs to hand to `add_earlier_gradients` (None when there are none);
+        and the prefix positions this call ran through the model (0 when the step's prefix was reused)."""
         from transformers import DynamicCache
 
         ran = 0
@@ -301,20 +316,40 @@ class StepPrefix:
                 return None, None, 0
             self.kv = [(layer.keys, layer.values) for layer in cache.layers]
             self.leaves, self.step, ran = None, step, len(self.ids)
-        extra = None
+        earlier = None
         if last:
             kv = self.kv
             if self.leaves is not None:
-                terms = [(t * leaf.grad).sum() for pair, leaves in zip(self.kv, self.leaves)
-                         for t, leaf in zip(pair, leaves) if leaf.grad is not None]
-                extra = torch.stack(terms).sum() if terms else None
+                earlier = [(t, leaf.grad) for pair, leaves in zip(self.kv, self.leaves)
+                           for t, leaf in zip(pair, leaves) if leaf.grad is not None and t.requires_grad] or None
             self.kv = self.leaves = None
         else:
-            if self.leaves is None:
-                self.leaves = [(k.detach().requires_grad_(), v.detach().requires_grad_()) for k, v in self.kv]
+            if self.leaves is None:  # none for what needs no gradient (layer 0's keys: nothing trainable before)
+                self.leaves = [tuple(t.detach().requires_grad_(t.requires_grad) for t in pair) for pair in self.kv]
             kv = self.leaves
         expanded = [(k.expand(rows, -1, -1, -1), v.expand(rows, -1, -1, -1)) for k, v in kv]
-        return DynamicCache(expanded, config=config), extra, ran
+        return DynamicCache(expanded, config=config), earlier, ran
+
+    @staticmethod
+    def add_earlier_gradients(loss: torch.Tensor, earlier: list[tuple[torch.Tensor, torch.Tensor]]
+                              ) -> torch.Tensor:
+        """`loss` itself (same value), whose backward pass also gives each prefix key/value tensor its
+        accumulated gradient as it is, whatever the loss's own gradient (e.g. a loss scale) is."""
+        return StepPrefix._EarlierGradients.apply(loss, [g for _, g in earlier], *(t for t, _ in earlier))
+
+    class _EarlierGradients(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx: Any, loss: torch.Tensor, grads: list[torch.Tensor], *kv: torch.Tensor) -> torch.Tensor:
+            ctx.grads = grads
+            return loss.clone()
+
+        @staticmethod
+        def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+            grads, ctx.grads = ctx.grads, None
+            # an overflow in an earlier micro-batch: non-finite gradients everywhere, so GradScaler skips the
+            # step (checked on the device, no synchronisation)
+            finite = torch.stack([torch.isfinite(t).all() for t in grads]).all()
+            return (torch.where(finite, g, torch.full_like(g, float("nan"))), None, *grads)
 
 
 def _cache_kwarg(model: Any) -> str:
@@ -338,10 +373,15 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given.
 
     `share_prefix`: the tokens all rows start with (the system prompt and template) are run once, not
-    once per row; the rows continue from that prefix's keys and values (same result, gradients flow
-    through the prefix once). `prefix_model` runs the prefix (the unwrapped model under DDP).
+    once per row; the rows continue from that prefix's keys and values (gradients flow through the prefix
+    once). `prefix_model` runs the prefix (the unwrapped model under DDP).
     `step_prefix`: a prefix every example starts with, run once per optimizer step (see StepPrefix);
-    `last_in_step` says whether this is the step's last micro-batch, `step` which step it is.
+    `last_in_step` says whether this is the step's last micro-batch, `step` which step it is. The caller
+    may scale the returned loss before its backward pass (GradScaler, the Trainer's division by the
+    accumulation steps) as long as the factor is the same for all micro-batches of a step.
+    Both prefix options give the plain path's loss and gradients without LoRA dropout (or in eval mode);
+    with dropout in training mode the prefix positions share one dropout mask (for the batch, or for the
+    whole step), which is equal in expectation but not draw for draw (see StepPrefix).
     `scale` multiplies the loss (e.g. by the number of processes under DDP, which averages gradients).
     `fused_head`: with a plain frozen vocabulary head, the head and the cross-entropy run as one chunked
     function that keeps no logits (medqa.lean.LinearCrossEntropy).
@@ -353,12 +393,12 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     keep = (targets != -100).any(dim=0).nonzero().squeeze(1)
     ids = inputs["input_ids"]
     rows, width = ids.shape
-    p, ran, extra, cache = 0, 0, None, None
+    p, ran, earlier, cache = 0, 0, None, None
     runner = prefix_model or model
     config = getattr(runner, "config", None)
     if ("position_ids" not in inputs and len(keep) and step_prefix is not None and len(step_prefix)
             and len(step_prefix) <= int(keep[0]) and step_prefix.matches(ids)):
-        cache, extra, ran = step_prefix.cache(runner, config, rows, last_in_step, step)
+        cache, earlier, ran = step_prefix.cache(runner, config, rows, last_in_step, step)
         if cache is not None:
             p = len(step_prefix)
     elif share_prefix and "position_ids" not in inputs and len(keep) and rows > 1:
@@ -400,8 +440,8 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     loss = loss / ((gold != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
     if scale != 1.0:
         loss = loss * scale
-    if extra is not None:  # the earlier micro-batches' gradients for the prefix, at no cost to the value
-        loss = loss + (extra - extra.detach())
+    if earlier is not None:  # the earlier micro-batches' gradients for the prefix, at no cost to the value
+        loss = StepPrefix.add_earlier_gradients(loss, earlier)
     return loss
 
 
