@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 quickstart: install
-	$(VENV)/bin/medqa quickstart --out runs/quickstart
+	$(VENV)/bin/medqa quickstart   # a new runs/quickstart-DATE-TIME folder each time
 
 test: install
 	$(PY) -m pytest -q

@@ -649,3 +649,92 @@ def test_length_grouped_order_is_seeded_per_epoch_not_global():
     batches = [first[i:i + 8] for i in range(0, 1024, 8)]
     spread = [max(lengths[j] for j in bt) - min(lengths[j] for j in bt) for bt in batches]
     assert sum(spread) / len(spread) < 10  # similar lengths batched together (random order: ~75)
+
+
+# ----------------------------------------------------------------------------- reusing a run folder (issue 14.5)
+
+def _cli_train(qwen_dir, data, run, *extra):
+    from medqa.cli import main
+
+    return main(["train", "--model", str(qwen_dir), "--data", str(data), "--out", str(run),
+                 "--train.max_steps", "2", "--train.batch_size", "2", "--train.grad_accum", "1",
+                 "--train.save_steps", "1", "--train.report_to", "[]", "--train.calibration_size", "0", *extra])
+
+
+def test_a_fresh_run_into_a_used_folder_is_refused_and_deletes_nothing(qwen_dir, small_jsonl, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli_train(qwen_dir, small_jsonl, run, "--train.eval_size", "2", "--train.eval_steps", "1") == 0
+    before = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert (run / "metrics.jsonl").is_file() and (run / "best" / "best.json").is_file()
+    capsys.readouterr()
+    assert _cli_train(qwen_dir, small_jsonl, run, "--train.lr", "1e-3") == 2
+    err = capsys.readouterr().err
+    assert "already holds files" in err and "--resume" in err and "--overwrite" in err
+    after = {p.relative_to(run): p.stat().st_mtime_ns for p in run.rglob("*") if p.is_file()}
+    assert after == before  # nothing deleted, nothing rewritten
+
+
+def test_overwrite_replaces_the_earlier_run_and_leaves_other_files(qwen_dir, small_jsonl, tmp_path):
+    run = tmp_path / "run"
+    assert _cli_train(qwen_dir, small_jsonl, run, "--train.max_steps", "3") == 0
+    assert (run / "checkpoints" / "checkpoint-3").is_dir()
+    (run / "my_notes.txt").write_text("mine")
+    assert _cli_train(qwen_dir, small_jsonl, run, "--overwrite") == 0
+    # the earlier run's checkpoint-3 is gone, so a later --resume cannot pick it up
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["checkpoint-1", "checkpoint-2"]
+    assert (run / "my_notes.txt").read_text() == "mine"
+    assert json.loads((run / "train_summary.json").read_text())["steps"] == 2
+
+
+def test_resume_refuses_another_runs_checkpoint(qwen_dir, small_jsonl, tmp_path, capsys):
+    run = tmp_path / "run"
+    assert _cli_train(qwen_dir, small_jsonl, run) == 0
+    ck = run / "checkpoints" / "checkpoint-2"
+    assert json.loads((ck / "medqa_run.json").read_text())["config_sha256"]
+    capsys.readouterr()
+    assert _cli_train(qwen_dir, small_jsonl, run, "--resume", "--train.lr", "1e-3") == 2
+    err = capsys.readouterr().err
+    assert "belongs to another run" in err and "train.lr: 0.0002 -> 0.001" in err
+    (ck / "medqa_run.json").unlink()  # e.g. written by an older MedQA or copied from elsewhere
+    assert _cli_train(qwen_dir, small_jsonl, run, "--resume") == 2
+    assert "was not written by this run" in capsys.readouterr().err
+    # the same config resumes (training longer is allowed)
+    (run / "checkpoints" / "checkpoint-2" / "medqa_run.json").write_text(
+        json.dumps(__import__("medqa.train", fromlist=["run_identity"]).run_identity(
+            build_config(None, {"model.name": str(qwen_dir), "data.path": str(small_jsonl), "out": str(run),
+                                "train.max_steps": 2, "train.batch_size": 2, "train.grad_accum": 1,
+                                "train.save_steps": 1, "train.report_to": [], "train.calibration_size": 0}))))
+    assert _cli_train(qwen_dir, small_jsonl, run, "--resume", "--train.max_steps", "3") == 0
+    assert json.loads((run / "train_summary.json").read_text())["resumed_from_step"] == 2
+
+
+def test_resume_and_overwrite_exclude_each_other(tmp_path):
+    from medqa.errors import ConfigError
+    from medqa.train import prepare_run_dir
+
+    with pytest.raises(ConfigError, match="exclude each other"):
+        prepare_run_dir(tmp_path, resume=True, overwrite=True)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(ConfigError, match="is a file"):
+        prepare_run_dir(tmp_path / "f", resume=False, overwrite=False)
+    assert prepare_run_dir(tmp_path / "new", resume=False, overwrite=False) == []
+
+
+def test_early_stopping_state_is_trimmed_to_the_resume_step(tmp_path, capsys):
+    from medqa.train import HeldOutEval
+
+    hist = [{"step": 5, "eval_accuracy": 0.4}, {"step": 10, "eval_accuracy": 0.5}, {"step": 15, "eval_accuracy": 0.45},
+            {"step": 20, "eval_accuracy": 0.6}, {"step": 25, "eval_accuracy": 0.55}, {"step": 30, "eval_accuracy": 0.5}]
+    best = tmp_path / "best"
+    (best / "adapter").mkdir(parents=True)
+    (best / "adapter" / "adapter_model.safetensors").write_bytes(b"x")
+    saved = {"step": 20, "accuracy": 0.6, "evals_since_best": 2, "history": hist}
+    (best / "best.json").write_text(json.dumps(saved))
+    # resumed at step 25: best stays step 20, one evaluation since (not two), history cut after 25
+    h = HeldOutEval(None, [], 1, 5, tmp_path, patience=2, resume_step=25)
+    assert h.state == {"step": 20, "accuracy": 0.6, "evals_since_best": 1, "history": hist[:5]}
+    assert (best / "adapter").is_dir()
+    # resumed at step 15: the saved best (step 20) lies in the redone future: its state and adapter go
+    h = HeldOutEval(None, [], 1, 5, tmp_path, patience=2, resume_step=15)
+    assert h.state == {"step": 10, "accuracy": 0.5, "evals_since_best": 1, "history": hist[:3]}
+    assert not (best / "adapter").exists() and "discarded" in capsys.readouterr().out

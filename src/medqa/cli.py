@@ -28,6 +28,7 @@ SHORTCUTS = {
 RAW_STRING_FIELDS = {"out", "path", "name", "adapter", "revision", "split"}
 TRAIN_SHORTCUTS = {
     "resume": ("train.resume", "continue from the last complete checkpoint (true/false)"),
+    "overwrite": ("train.overwrite", "replace the earlier run's outputs in --out (true/false)"),
     "eval-data": ("eval_data.path", "held-out data evaluated after training"),
 }
 
@@ -46,7 +47,7 @@ def _add_config_flags(p: argparse.ArgumentParser, shortcuts: dict[str, tuple[str
     p.add_argument("--config", help="YAML config file (flags override it)")
     fields = dict(config_fields())
     for flag, (dest, help_) in shortcuts.items():
-        extra = {"nargs": "?", "const": "true"} if flag == "resume" else {}
+        extra = {"nargs": "?", "const": "true"} if flag in ("resume", "overwrite") else {}
         p.add_argument(f"--{flag}", dest=f"cfg:{dest}", default=argparse.SUPPRESS, metavar="VALUE",
                        help=_field_help(help_, fields[dest]) if dest in fields else help_.replace("%", "%%"), **extra)
     group = p.add_argument_group("config fields (any field of the YAML config)")

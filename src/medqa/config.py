@@ -126,6 +126,9 @@ class TrainConfig(_Section):
     torch_compile: bool = Field(False, description="torch.compile the model (CUDA/ROCm; slow first steps)")
     memory_check: bool = Field(True, description="estimate memory before training and stop early if it cannot fit")
     resume: bool = Field(False, description="continue from the last complete checkpoint in OUT/checkpoints")
+    overwrite: bool = Field(
+        False, description="replace an earlier run's outputs in OUT (a non-empty OUT is refused without this or resume)"
+    )
     augment_copies: int = Field(
         1, ge=0, le=8, description="option-order augmentation: permuted copies per question (0: off)"
     )

@@ -35,22 +35,83 @@ def _cuda_bf16(index: int) -> bool:
         return major >= 8
 
 
+def select_device(requested: str, available: dict[str, int], local_rank: int = 0, world_size: int = 1) -> str:
+    """The torch device this process uses: a pure function of the request, the devices present
+    (`{"cuda": n, "mps": 0/1, "xpu": n}`; ROCm GPUs count as cuda) and the process's place in a launch.
+
+    Under torchrun / accelerate launch (world_size > 1) each process takes the GPU of its LOCAL_RANK, so
+    ranks never share cuda:0; an explicit `cuda:N` that is not the rank's own GPU is refused."""
+    kind, _, index = requested.partition(":")
+    if kind not in ("auto", "cuda", "mps", "xpu", "cpu"):
+        raise ConfigError(f"unknown device '{requested}' (auto, cpu, cuda, cuda:N, mps, xpu)")
+    if kind == "auto":
+        kind = next((k for k in ("cuda", "mps", "xpu") if available.get(k, 0) > 0), "cpu")
+    if kind == "cpu":
+        return "cpu"
+    count = available.get(kind, 0)
+    if count == 0:
+        raise ConfigError(f"device '{requested}' is not available on this machine")
+    if kind == "mps":
+        return "mps"
+    if index and not index.isdigit():
+        raise ConfigError(f"device '{requested}': the index must be a number")
+    if world_size > 1:
+        if index and int(index) != local_rank:
+            raise ConfigError(f"device '{requested}' under a {world_size}-process launch: each process uses the GPU "
+                              f"of its LOCAL_RANK ({kind}:{local_rank} here); pass --model.device {kind} and choose "
+                              "GPUs with CUDA_VISIBLE_DEVICES / HIP_VISIBLE_DEVICES")
+        if local_rank >= count:
+            raise ConfigError(f"LOCAL_RANK {local_rank} but only {count} {kind} device(s) are visible to this process")
+        return f"{kind}:{local_rank}"
+    n = int(index) if index else 0
+    if n >= count:
+        raise ConfigError(f"device '{requested}' is not available: {count} {kind} device(s) visible")
+    return f"{kind}:{n}"
+
+
+def launch_position() -> tuple[int, int]:
+    """(LOCAL_RANK, WORLD_SIZE) set by torchrun / accelerate launch; (0, 1) for a plain process."""
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _available() -> dict[str, int]:
+    return {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
+            "mps": int(torch.backends.mps.is_available()),
+            "xpu": torch.xpu.device_count() if hasattr(torch, "xpu") and torch.xpu.is_available() else 0}
+
+
 def detect(device: str = "auto") -> Hardware:
-    """Pick the device (or honour an explicit one) and its best training dtype."""
-    want = device.split(":")[0] if device != "auto" else None
-    if want in (None, "cuda") and torch.cuda.is_available():
-        index = int(device.split(":")[1]) if ":" in device else 0
+    """Pick the device (or honour an explicit one; the LOCAL_RANK's GPU under a launcher) and its best
+    training dtype."""
+    chosen = select_device(device, _available(), *launch_position())
+    kind, _, index = chosen.partition(":")
+    if kind == "cuda":
+        i = int(index)
         backend = "rocm" if getattr(torch.version, "hip", None) else "cuda"
-        bf16 = _cuda_bf16(index)
-        return Hardware(backend, f"cuda:{index}", torch.cuda.get_device_name(index),
-                        "bfloat16" if bf16 else "float16", bf16, True)
-    if want in (None, "mps") and torch.backends.mps.is_available():
+        bf16 = _cuda_bf16(i)
+        return Hardware(backend, chosen, torch.cuda.get_device_name(i), "bfloat16" if bf16 else "float16", bf16, True)
+    if kind == "mps":
         return Hardware("mps", "mps", "Apple MPS", "float16", False, True)
-    if want in (None, "xpu") and hasattr(torch, "xpu") and torch.xpu.is_available():
-        return Hardware("xpu", "xpu:0", torch.xpu.get_device_name(0), "bfloat16", True, True)
-    if want not in (None, "cpu"):
-        raise ConfigError(f"device '{device}' is not available on this machine")
+    if kind == "xpu":
+        return Hardware("xpu", chosen, torch.xpu.get_device_name(int(index)), "bfloat16", True, True)
     return Hardware("cpu", "cpu", "CPU", "float32", False, False)
+
+
+def sharded_engine() -> str | None:
+    """'fsdp' or 'deepspeed-zero3' when Accelerate launched this process to shard the model's parameters
+    (its launcher sets these variables from the config file), else None (one whole model per process)."""
+    import os
+
+    def on(name: str) -> bool:
+        return os.environ.get(name, "false").strip().lower() in ("1", "true", "yes", "on")
+
+    if on("ACCELERATE_USE_FSDP"):
+        return "fsdp"
+    if on("ACCELERATE_USE_DEEPSPEED") and os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE", "").strip() == "3":
+        return "deepspeed-zero3"
+    return None
 
 
 def resolve_dtype(requested: str, hw: Hardware) -> torch.dtype:

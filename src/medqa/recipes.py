@@ -160,6 +160,13 @@ def run_eval(cfg: RunConfig, progress: bool = True) -> dict[str, Any]:
     return _eval_sets(model, tokenizer, cfg, sets, Path(cfg.out), progress)
 
 
+def _launch_rank() -> int:
+    """The global RANK given by torchrun / accelerate launch (0 for a plain process), before any process group."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _rank() -> int:
     import torch
 
@@ -176,12 +183,10 @@ def init_distributed(hw: Any) -> Any:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return hw
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     backend = "nccl" if hw.backend in ("cuda", "rocm") else "gloo"
-    torch.distributed.init_process_group(backend=backend)
     if backend == "nccl":
-        torch.cuda.set_device(local)
-        hw = dataclasses.replace(hw, device=f"cuda:{local}")
+        torch.cuda.set_device(torch.device(hw.device))  # detect() chose cuda:LOCAL_RANK
+    torch.distributed.init_process_group(backend=backend)
     return hw
 
 
@@ -238,16 +243,24 @@ def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) 
     """LoRA fine-tune; with `eval_data` / `eval_sets`, evaluate after (and optionally before) training."""
     from transformers import set_seed
 
-    from medqa.train import train
+    from medqa.train import prepare_run_dir, train, zero3_loading
 
     apply_env(cfg)
+
+    # before anything slow; rank 0 alone under a launcher (the others would see the folder it starts writing)
+    removed = prepare_run_dir(Path(cfg.out), cfg.train.resume, cfg.train.overwrite) if _launch_rank() == 0 else []
+    if removed:
+        print(f"medqa: --overwrite: removed the earlier run's {', '.join(removed)} from {cfg.out}", flush=True)
     set_seed(cfg.train.seed)  # the LoRA initialisation too: the same config gives the same adapter
-    hw = detect(cfg.model.device)
+    hw = detect(cfg.model.device)  # under a launcher: the GPU of this process's LOCAL_RANK
     sets = load_eval_sets(cfg, evaluation_sets(cfg, include_data=False))  # all data read before the model loads
     records, calib_records, train_eval_records, result = training_data(
         cfg, {name: es.records for name, es in sets.items()})
     records, result["augmentation"] = augment_options(records, cfg.train.augment_copies, cfg.train.seed)
+    hw = init_distributed(hw)  # under a launcher: the process group exists before loading (FSDP loads on rank 0)
+    zero3_args = zero3_loading(cfg, hw)  # ZeRO-3: registered before from_pretrained, which then partitions
     model, tokenizer = load_model(cfg.model, hw, with_adapter=False)
+    del zero3_args
     out = Path(cfg.out)
     if eval_before and sets:
         result["before"] = _eval_sets(model, tokenizer, cfg, sets, out / "eval_before", progress,
@@ -311,6 +324,8 @@ def quickstart(out: str | None = None, overrides: dict[str, Any] | None = None, 
     ov = dict(overrides or {})
     if out:
         ov["out"] = out
+    # each quickstart gets a new folder unless told where: an earlier one is never replaced
+    ov.setdefault("out", time.strftime("runs/quickstart-%Y%m%d-%H%M%S"))
     cfg = build_config(quickstart_config_path(), ov)
     t = time.perf_counter()
     result = run_train(cfg, eval_before=True, progress=progress)

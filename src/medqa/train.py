@@ -37,7 +37,7 @@ import torch
 
 from medqa.config import RunConfig, dump_config
 from medqa.data import MCQRecord
-from medqa.errors import DataError, ModelError
+from medqa.errors import ConfigError, DataError, ModelError
 from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
@@ -175,6 +175,84 @@ def _checkpoint_problem(ck: Path) -> str | None:
         except Exception as e:  # noqa: BLE001
             return f"{name} unreadable: {type(e).__name__}"
     return None
+
+
+RUN_FILE = "medqa_run.json"  # in every checkpoint: the identity of the run that wrote it
+# what a run writes into OUT; --overwrite removes exactly these (anything else in OUT is left alone)
+RUN_OUTPUTS = ("checkpoints", "best", "adapter", "eval_before", "eval_after", "tensorboard", "metrics.jsonl",
+               "config.yaml", "train_summary.json", "run_summary.json", "train_report.md", "train_curves.png",
+               "quickstart.md")
+# settings a resumed run may change: how long it runs (train longer), how it reports, and how it computes
+# the same gradients (e.g. gradient checkpointing after running out of memory)
+_NOT_IDENTITY = {"train": {"resume", "overwrite", "report_to", "memory_check", "logging_steps", "save_steps",
+                           "save_total_limit", "max_steps", "epochs", "eval_steps", "keep_best",
+                           "early_stopping_patience", "gradient_checkpointing", "torch_compile", "lean_activations",
+                           "shared_prefix", "target_only_logits"}}
+
+
+def run_identity(cfg: RunConfig) -> dict[str, Any]:
+    """What makes two runs the same training run: the model, adapter settings, data (evaluation sets too:
+    they decide which questions are removed from training), training settings and prompt protocol; with
+    the sha256 of that. Output folder, logging and tracking settings are not part of it."""
+    import hashlib
+
+    tree = cfg.model_dump(mode="json", exclude={"out", "hardware", "eval"})
+    for section, keys in _NOT_IDENTITY.items():
+        for k in keys:
+            tree[section].pop(k, None)
+    tree["eval"] = {"protocol": cfg.eval.protocol}
+    digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
+    return {"config_sha256": digest, "config": tree}
+
+
+def _differences(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [f"{prefix.rstrip('.')}: {a!r} -> {b!r}"]
+
+
+def check_checkpoint_belongs(ck: Path, identity: dict[str, Any]) -> None:
+    """A resume continues only a checkpoint written by the same run (same config_sha256)."""
+    f = ck / RUN_FILE
+    if not f.is_file():
+        raise ConfigError(f"{ck} was not written by this run (it has no {RUN_FILE}: an older MedQA or another tool); "
+                          "refusing to resume from it. Train into a new --out, or pass --overwrite to start over")
+    theirs = json.loads(f.read_text(encoding="utf-8"))
+    if theirs.get("config_sha256") != identity["config_sha256"]:
+        diff = _differences(theirs.get("config", {}), identity["config"])
+        raise ConfigError(f"{ck} belongs to another run (config differs: {'; '.join(diff[:6]) or 'unknown'}); "
+                          "refusing to resume it with this config. Resume with the run's own config "
+                          f"({ck.parent.parent / 'config.yaml'}), train into a new --out, or pass --overwrite")
+
+
+def prepare_run_dir(out: Path, resume: bool, overwrite: bool) -> list[str]:
+    """A run never mixes with an earlier one: a non-empty OUT is refused unless `resume` (continue it) or
+    `overwrite` (its MedQA outputs are removed first; other files are left alone). Returns what was removed."""
+    if resume and overwrite:
+        raise ConfigError("train.resume and train.overwrite exclude each other: continue the run, or replace it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file, not a run folder; choose another --out")
+    entries = sorted(p.name for p in out.iterdir()) if out.is_dir() else []
+    if not entries or resume:
+        return []
+    if not overwrite:
+        shown = ", ".join(entries[:6]) + (" ..." if len(entries) > 6 else "")
+        raise ConfigError(f"{out} already holds files ({shown}); pass --resume to continue that run, --overwrite "
+                          "to replace its outputs, or choose a new --out")
+    removed = []
+    for name in RUN_OUTPUTS:
+        p = out / name
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p)
+        elif p.exists() or p.is_symlink():
+            p.unlink()
+        else:
+            continue
+        removed.append(name)
+    return removed
 
 
 # ----------------------------------------------------------------------------- memory estimate
@@ -458,6 +536,7 @@ def _trainer_class():
         step_prefix: StepPrefix | None = None
         fused_head: bool = False
         work: dict[str, int] | None = None
+        run_identity: dict[str, Any] | None = None
         _last_log: tuple[float, int] | None = None
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001
@@ -499,6 +578,9 @@ def _trainer_class():
                 self._staging = None
             self.accelerator.wait_for_everyone()  # every rank's files (e.g. its RNG state) are written
             if self.args.should_save:
+                if self.run_identity is not None:  # which run this checkpoint belongs to (checked on resume)
+                    with open(os.path.join(staging, name, RUN_FILE), "w", encoding="utf-8") as f:
+                        json.dump(self.run_identity, f)
                 final = os.path.join(run_dir, name)
                 if os.path.exists(final):  # a leftover of an earlier, interrupted run
                     shutil.rmtree(final)
@@ -583,11 +665,32 @@ class HeldOutEval:
         self.trainer: Any = None
         self.state = {"step": None, "accuracy": -1.0, "evals_since_best": 0, "history": []}
         if resume_step is not None and (self.dir / "best.json").is_file():
-            self.state = json.loads((self.dir / "best.json").read_text())
-            # forget evaluations logged after the checkpoint the run restarts from
-            self.state["history"] = [h for h in self.state["history"] if h["step"] <= resume_step]
+            saved = json.loads((self.dir / "best.json").read_text())
+            # forget evaluations logged after the checkpoint the run restarts from: the best step, its accuracy
+            # and the evaluations since it are recomputed from what is left, as if the run had stopped there
+            self.state = self.state_at(saved["history"], resume_step)
+            if saved.get("step") is not None and saved["step"] > resume_step:
+                # the saved best adapter comes from a step the resumed run will redo; the best one before the
+                # checkpoint was overwritten by it, so none is kept until the run improves again
+                print(f"medqa: the best adapter in {self.dir} is from step {saved['step']}, after the checkpoint "
+                      f"(step {resume_step}); it is discarded", flush=True)
+                shutil.rmtree(self.dir / "adapter", ignore_errors=True)
         elif resume_step is None and self.dir.exists():
             shutil.rmtree(self.dir)
+
+    @staticmethod
+    def state_at(history: list[dict[str, Any]], step: int) -> dict[str, Any]:
+        """The early-stopping state after the evaluations up to `step`, replayed as the callback keeps it."""
+        state: dict[str, Any] = {"step": None, "accuracy": -1.0, "evals_since_best": 0, "history": []}
+        for h in history:
+            if h["step"] > step:
+                continue
+            state["history"].append(h)
+            if h["eval_accuracy"] > state["accuracy"]:
+                state.update(step=h["step"], accuracy=h["eval_accuracy"], evals_since_best=0)
+            else:
+                state["evals_since_best"] += 1
+        return state
 
     def score(self, model: Any) -> dict[str, float]:
         import numpy as np
@@ -719,7 +822,15 @@ def train(
     target_positions = max(sum(1 for x in f["labels"] if x != -100) for f in feats)
     mem = estimate_memory(model, tc.batch_size, lengths[-1], target_positions if tc.target_only_logits else lengths[-1],
                           tc.gradient_checkpointing, 4 if dtype == "float32" else 2, tc.lean_activations)
-    mem["free"] = available_memory(hw)
+    from medqa.hardware import sharded_engine
+
+    if sharded_engine() is not None:  # FSDP / ZeRO-3: each GPU holds 1/world of the weights and optimizer state
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        for k in ("weights", "optimizer_and_grads"):
+            mem[k] = -(-mem[k] // world)
+        mem["total"] = mem["weights"] + mem["optimizer_and_grads"] + mem["activations"] + mem["logits"]
+        mem["sharded_over"] = world
+    mem["free"] = available_memory(hw)  # this rank's own device (cuda:LOCAL_RANK under a launcher)
     if tc.memory_check:
         check_memory(mem, mem["free"], hw.device)
     dataset = Dataset.from_list(feats)
@@ -728,6 +839,9 @@ def train(
     metrics_path = out / "metrics.jsonl"
     shutil.rmtree(out / "checkpoints" / ".staging", ignore_errors=True)  # a save interrupted by a kill
     resume_from = last_complete_checkpoint(out / "checkpoints") if tc.resume else None
+    identity = run_identity(cfg)
+    if resume_from is not None:
+        check_checkpoint_belongs(resume_from, identity)  # never another run's adapter and optimizer
     start_step = json.loads((resume_from / "trainer_state.json").read_text())["global_step"] if resume_from else 0
     if resume_from is None:
         metrics_path.unlink(missing_ok=True)
@@ -751,6 +865,7 @@ def train(
         callbacks=callbacks,
     )
     trainer.token_counter = collator
+    trainer.run_identity = identity
     for cb in trainer.callback_handler.callbacks:  # TensorBoard events into the run directory
         if type(cb).__name__ == "TensorBoardCallback":
             cb.logging_dir = str(out / "tensorboard")
@@ -824,6 +939,26 @@ def train(
         atomic_write_json(out / "train_summary.json", summary)
         write_train_report(out, summary)
     return summary
+
+
+def _arguments_class() -> type:
+    from transformers import TrainingArguments
+
+    return TrainingArguments
+
+
+def zero3_loading(cfg: RunConfig, hw: Hardware) -> Any:
+    """Under `accelerate launch` with DeepSpeed ZeRO-3, `from_pretrained` builds the model already
+    partitioned across the GPUs (deepspeed.zero.Init) when TrainingArguments exist first: creating them
+    registers the DeepSpeed config that Transformers reads while loading. Returns those arguments (keep
+    them alive until training), or None when ZeRO-3 is not in use."""
+    from medqa.hardware import resolve_dtype, sharded_engine
+
+    if sharded_engine() != "deepspeed-zero3":
+        return None
+    dtype = str(resolve_dtype(cfg.model.dtype, hw)).replace("torch.", "")
+    return _arguments_class()(output_dir=str(Path(cfg.out) / "checkpoints"), bf16=dtype == "bfloat16",
+                             fp16=dtype == "float16", report_to="none")
 
 
 def _training_kwargs(tc: Any, out: Path, dtype: str, hw: Hardware, batching: str, report_to: list[str],
