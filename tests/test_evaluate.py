@@ -230,3 +230,17 @@ def test_permutations_are_scaled_with_the_same_temperature(qwen_dir, tmp_path):
         want = np.mean([[p[(j + sh) % 4] for j in range(4)] for sh, p in enumerate(scaled)], axis=0)
         np.testing.assert_allclose(row["debiased_probs"], want, atol=2e-5)
         np.testing.assert_allclose(row["probs"], scaled[0], atol=2e-5)
+
+
+def test_generated_pubmedqa_answers_parse_as_training_taught(qwen_tokenizer):
+    """lm-eval's PubMedQA prompt teaches ' yes'/' no'/' maybe' (not letters): generation is parsed the same way."""
+    from medqa.evaluate import parse_answer
+
+    rec = MCQRecord(id="p", question="Does it?", options=["yes", "no", "maybe"], answer=1, source="pubmedqa",
+                    context="An abstract.")
+    lm = PromptFormat(qwen_tokenizer, "lm-eval")
+    assert parse_answer(" no. Because the trial ...", rec, lm) == 1
+    assert parse_answer(" Maybe", rec, lm) == 2
+    assert parse_answer(" B. no", rec, lm) is None and parse_answer(" perhaps", rec, lm) is None
+    chat = PromptFormat(qwen_tokenizer, "chat")
+    assert parse_answer("B. no", rec, chat) == 1 and parse_answer("no", rec, chat) is None

@@ -284,6 +284,16 @@ def permutation_analysis(
 LETTER_RE = re.compile(r"^\s*\(?([A-E])(?:[.):]|\s|$)")
 
 
+def parse_answer(text: str, rec: MCQRecord, fmt: PromptFormat) -> int | None:
+    """Strict parse of a generated answer in the form training taught: a letter, or under lm-eval's
+    PubMedQA prompt the word (yes / no / maybe) it opens with; else None (counted wrong)."""
+    if fmt.scores_words(rec):
+        m = re.match(r"\s*([A-Za-z]+)\b", text)
+        words = [o.strip().lower() for o in rec.options]
+        return words.index(m.group(1).lower()) if m and m.group(1).lower() in words else None
+    return parse_letter(text, len(rec.options))
+
+
 def parse_letter(text: str, n_options: int) -> int | None:
     """Strict: the answer must open with a letter (A., B), (C) ...) among the options; else None."""
     m = LETTER_RE.match(text)
@@ -398,7 +408,7 @@ def evaluate(
     if generate:
         texts = _sharded(lambda rs: generate_answers(model, fmt, rs, batch_size, max_new_tokens, progress and rank == 0),
                          records)
-        parsed = [parse_letter(t, len(r.options)) for t, r in zip(texts, records)]
+        parsed = [parse_answer(t, r, fmt) for t, r in zip(texts, records)]
         n = len(records)
         k = sum(p == r.answer for p, r in zip(parsed, records))
         summary["generative"] = {
