@@ -19,7 +19,7 @@ from medqa.evaluate import DISCLAIMER
 
 FAKE_TOKEN = "hf_FAKEtokenDoNotLeak0123456789abcdef"
 ADAPTER_FILES = ["README.md", "adapter_config.json", "adapter_model.safetensors", "calibration.json", "chat_template.jinja",
-                 "tokenizer.json", "tokenizer_config.json"]
+                 "medqa_adapter.json", "tokenizer.json", "tokenizer_config.json"]
 
 
 def _strengthen(adapter_dir: Path, scale: float = 0.5) -> None:
@@ -46,6 +46,9 @@ def run_dir(qwen_dir, tmp_path_factory) -> Path:
                    "--eval-data", str(data), "--eval_data.limit", "3"])
     assert rc == 0
     _strengthen(run / "adapter")
+    meta = run / "adapter" / "medqa_adapter.json"
+    if not meta.exists():  # what train() writes through save_adapter(meta=...)
+        meta.write_text(json.dumps({"base_model": str(qwen_dir), "protocol": "chat", "medqa_version": "0.1.0"}))
     return run
 
 
@@ -203,7 +206,7 @@ def test_push_dry_run_merged_and_space(run_dir, tmp_path, monkeypatch):
                    merged_dir=merged, echo=lines.append)
     assert res["files"] == sorted(["README.md", "config.json", "generation_config.json", "model.safetensors",
                                    "tokenizer.json", "tokenizer_config.json", "chat_template.jinja",
-                                   hub.EXPORT_INFO])
+                                   hub.EXPORT_INFO, "calibration.json", "medqa_adapter.json"])
     card = (tmp_path / "m" / "README.md").read_text()
     assert "library_name: transformers" in card and "Merge check" in card
     pytest.importorskip("medqa.serve")
@@ -323,3 +326,127 @@ def _assert_no_token(root: Path, text: str) -> None:
 def test_errors_are_medqa_errors():
     assert issubclass(hub.HubUnreachableError, hub.HubError) and issubclass(hub.HubError, MedQAError)
     assert issubclass(hub.ExportError, MedQAError)
+
+
+# ----------------------------------------------------------------------------- the merged export keeps the calibration
+
+from test_predict import ABSTAIN_ALL_CAL, THRESHOLD_CAL  # noqa: E402
+
+
+def _copy_run(run_dir: Path, dest: Path, calibration: dict | None = None) -> Path:
+    shutil.copytree(run_dir, dest)
+    if calibration is not None:
+        (dest / "adapter" / "calibration.json").write_text(json.dumps(calibration))
+    return dest
+
+
+def test_merged_export_keeps_calibration_and_predict_applies_it(run_dir, tmp_path):
+    """Issue 4: the merged folder carries calibration.json and medqa_adapter.json; `medqa predict --model
+    MERGED` applies that temperature and threshold and shows the guarantee."""
+    import io
+
+    from medqa.calibrate import guarantee_text
+    from medqa.predict import add_predict_parser, predict_main
+
+    run = _copy_run(run_dir, tmp_path / "run", {**THRESHOLD_CAL, "temperature": 2.0})
+    out = tmp_path / "merged"
+    hub.export_merged(run, out, echo=None)
+    assert json.loads((out / "calibration.json").read_text())["temperature"] == 2.0
+    assert json.loads((out / "medqa_adapter.json").read_text())["protocol"] == "chat"
+    parser = argparse.ArgumentParser()
+    add_predict_parser(parser.add_subparsers(dest="command"))
+    buf = io.StringIO()
+    ns = parser.parse_args(["predict", "--model", str(out), "--device", "cpu", "-q", "Which nerve?", "-o", "Axillary",
+                            "-o", "Radial", "--json", "--no-explain"])
+    assert predict_main(ns, stdout=buf) == 0
+    row = json.loads(buf.getvalue())
+    assert row["threshold"] == 0.3 and row["guarantee"]["text"] == guarantee_text(THRESHOLD_CAL)
+
+
+# ----------------------------------------------------------------------------- --force never replaces a run
+
+
+def _snapshot(folder: Path) -> list[tuple[str, int]]:
+    return sorted((p.relative_to(folder).as_posix(), p.stat().st_size) for p in folder.rglob("*"))
+
+
+def test_export_never_replaces_the_run_even_with_force(run_dir, tmp_path):
+    """Issue 6: `medqa export RUN --merge --out RUN --force` used to replace the run folder."""
+    run = _copy_run(run_dir, tmp_path / "work" / "run")
+    before = _snapshot(run)
+    for out in (run, run / "adapter", run / "merged", tmp_path / "work"):
+        with pytest.raises(ConfigError) as e:
+            hub.export_merged(run, out, overwrite=True, echo=None)
+        assert "run" in str(e.value) or "adapter" in str(e.value), str(e.value)
+        assert _snapshot(run) == before
+    other = _copy_run(run_dir, tmp_path / "other-run")
+    with pytest.raises(ConfigError, match="training run"):
+        hub.export_merged(run, other, overwrite=True, echo=None)
+    assert (other / "config.yaml").is_file() and (other / "adapter" / "adapter_config.json").is_file()
+    with pytest.raises(ConfigError, match="run"):
+        hub.export_main(_parse(hub.add_export_parser, ["export", str(run), "--merge", "--out", str(run), "--force"]))
+    assert _snapshot(run) == before
+
+
+def test_export_force_replaces_a_previous_export(run_dir, tmp_path):
+    out = tmp_path / "merged"
+    hub.export_merged(run_dir, out, echo=None)
+    (out / "stale.txt").write_text("old")
+    hub.export_merged(run_dir, out, overwrite=True, echo=None)
+    assert not (out / "stale.txt").exists() and (out / hub.EXPORT_INFO).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+# ----------------------------------------------------------------------------- model card
+
+
+def test_model_card_names_the_hub_base_never_a_local_path(run_dir, qwen_dir, tmp_path):
+    """Issue 11: the usage snippet printed the training machine's base-model path."""
+    text = str(hub.build_model_card(run_dir, "someone/x"))
+    assert str(qwen_dir) not in text and "BASE_MODEL" in text
+    # a run on the offline default (model.name left to the adapter, which recorded the cache path)
+    run = _copy_run(run_dir, tmp_path / "run")
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["model"]["name"] = None
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    conf = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    conf["base_model_name_or_path"] = "/home/someone/.cache/medqa/models/smollm2-135m-instruct"
+    (run / "adapter" / "adapter_config.json").write_text(json.dumps(conf))
+    (run / "adapter" / "medqa_adapter.json").unlink()
+    card = hub.build_model_card(run, "someone/x")
+    text = str(card)
+    hub_id = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert card.data.base_model == hub_id and f"[`{hub_id}`](https://huggingface.co/{hub_id})" in text
+    assert f'from_pretrained("{hub_id}")' in text and f"--model {hub_id}" in text
+    assert ".cache" not in text and "/home/someone" not in text and "Q4_1 GGUF" in text
+
+
+def test_model_card_states_the_objective_that_was_used(run_dir, tmp_path):
+    """Issue 11: the card said prompt tokens were masked even with train.completion_only_loss false."""
+    text = str(hub.build_model_card(run_dir, "someone/x"))
+    objective = next(line for line in text.splitlines() if line.startswith("- Objective"))
+    assert "completion-only" in objective and "prompt tokens are masked" in objective and "`chat`" in objective
+    run = _copy_run(run_dir, tmp_path / "run")
+    for name, key in (("config.yaml", None), ("train_summary.json", "completion_only_loss")):
+        if key is None:
+            cfg = yaml.safe_load((run / name).read_text())
+            cfg["train"]["completion_only_loss"] = False
+            (run / name).write_text(yaml.safe_dump(cfg))
+        else:
+            ts = json.loads((run / name).read_text())
+            ts[key] = False
+            (run / name).write_text(json.dumps(ts))
+    text = str(hub.build_model_card(run, "someone/x"))
+    objective = next(line for line in text.splitlines() if line.startswith("- Objective"))
+    assert "every token" in objective and "prompt" in objective and "masked" not in objective
+
+
+def test_model_card_states_the_abstention_guarantee(run_dir, tmp_path):
+    """Issue 12: the card says what the abstention rule guarantees (level, n, bound), or that all is flagged."""
+    from medqa.calibrate import guarantee_text
+
+    run = _copy_run(run_dir, tmp_path / "run", THRESHOLD_CAL)
+    assert guarantee_text(THRESHOLD_CAL) in str(hub.build_model_card(run, "someone/x"))
+    run2 = _copy_run(run_dir, tmp_path / "run2", ABSTAIN_ALL_CAL)
+    text = str(hub.build_model_card(run2, "someone/x"))
+    assert guarantee_text(ABSTAIN_ALL_CAL) in text

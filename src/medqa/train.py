@@ -41,6 +41,7 @@ from medqa.errors import ConfigError, DataError, ModelError
 from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
+from medqa.modeling import resolve_base, resolve_protocol
 from medqa.lean import LinearCrossEntropy, head_passthrough, lean_training, plain_frozen_head
 
 
@@ -200,7 +201,7 @@ def run_identity(cfg: RunConfig) -> dict[str, Any]:
     for section, keys in _NOT_IDENTITY.items():
         for k in keys:
             tree[section].pop(k, None)
-    tree["eval"] = {"protocol": cfg.eval.protocol}
+    tree["eval"] = {"protocol": resolve_protocol(cfg)}
     digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
     return {"config_sha256": digest, "config": tree}
 
@@ -754,9 +755,12 @@ class HeldOutEval:
         return True
 
 
-def save_adapter(model: Any, tokenizer: Any, dest: Path) -> Path:
+def save_adapter(model: Any, tokenizer: Any, dest: Path, meta: dict[str, Any] | None = None) -> Path:
     """Save the adapter (and tokenizer) into a temporary folder beside `dest`, then swap it in: `dest` is
-    the old complete adapter or the new complete one, never a half-written one (a full disk, a kill)."""
+    the old complete adapter or the new complete one, never a half-written one (a full disk, a kill).
+
+    `meta` ({"base_model": ..., "protocol": ...}) is written as `medqa_adapter.json` with the adapter, so
+    that predict, the demo and a Space load the right base model with the protocol it was trained with."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = dest.parent / f".{dest.name}.tmp"
     old = dest.parent / f".{dest.name}.old"
@@ -765,6 +769,10 @@ def save_adapter(model: Any, tokenizer: Any, dest: Path) -> Path:
         model.save_pretrained(str(tmp))
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        if meta is not None:
+            from medqa.modeling import write_adapter_meta
+
+            write_adapter_meta(tmp, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -814,7 +822,7 @@ def train(
     atomic_write_text(out / "config.yaml", dump_config(cfg))
     set_seed(cfg.train.seed)
     tc = cfg.train
-    fmt = PromptFormat(tokenizer, cfg.eval.protocol)
+    fmt = PromptFormat(tokenizer, resolve_protocol(cfg))
     feats, stats = build_features(fmt, records, tc.max_length, tc.completion_only_loss)
     batching = resolve_batching(tc.batching, model)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
@@ -894,14 +902,15 @@ def train(
             best["kept"] = held_out.load_best_into(model)
     adapter_dir = out / "adapter"
     if trainer.is_world_process_zero():
-        save_adapter(model, tokenizer, adapter_dir)
+        save_adapter(model, tokenizer, adapter_dir,
+                     meta={"base_model": resolve_base(cfg.model), "protocol": fmt.protocol})
     n_label_tokens = sum(sum(1 for x in f["labels"] if x != -100) for f in feats)
     n_tokens = sum(f["length"] for f in feats)
     epochs_done = trainer.state.epoch or 0.0
     # throughput of this process's share of the run (a resumed run timed only the steps it did)
     share = (trainer.state.global_step - start_step) / trainer.state.global_step if trainer.state.global_step else 0.0
     summary = {
-        "model": cfg.model.name,
+        "model": resolve_base(cfg.model),
         "hardware": hw.as_dict(),
         "processes": trainer.accelerator.num_processes,
         "dtype": dtype,
