@@ -271,17 +271,17 @@ def test_help_lists_every_config_field_with_its_default(command, capsys):
     with pytest.raises(SystemExit):
         main([command, "--help"])
     text = " ".join(capsys.readouterr().out.split())
+    from medqa.flags import SHORTCUTS
+
+    shortcut = {dest: f"--{flag}" for flag, (dest, _) in SHORTCUTS.items()}
     for dotted, info in config_fields():
         flag = f"--{dotted}"
-        shortcut = {"model.name": "--model", "model.adapter": "--adapter", "data.dataset": "--dataset",
-                    "data.path": "--data", "data.limit": "--limit", "out": "--out", "eval.protocol": "--protocol",
-                    "model.device": "--device", "train.resume": "--resume", "eval_data.path": "--eval-data"}
         assert flag in text or shortcut.get(dotted, flag) in text, dotted
-        default = info.get_default(call_default_factory=True)
         if dotted in shortcut and shortcut[dotted] in text and flag not in text:
-            continue
+            flag = shortcut[dotted]
         chunk = text[text.rindex(flag + " "):][:400]  # the options list, after the usage line
         assert "default:" in chunk, (dotted, chunk[:120])
+        assert chunk.split("VALUE", 1)[1].strip()[:1] != "(", (dotted, "no description")
 
 
 @pytest.mark.parametrize("command", ["eval", "train"])
@@ -303,3 +303,42 @@ def test_bad_data_fails_before_the_model_loads(command, bad, tmp_path, monkeypat
     err = capsys.readouterr().err
     assert rc == 2, err
     assert "before the data was read" not in err and path in err
+
+
+def test_transformers_and_trl_names_are_aliases_in_yaml_and_flags(tmp_path, capsys):
+    """Issue 15.4: an Axolotl / TRL user's names work (top level or in the train section) and --print-config
+    shows what they resolved to; the same setting twice with different values is an error."""
+    import yaml
+
+    cfg_file = tmp_path / "c.yaml"
+    cfg_file.write_text("base_model: Qwen/Qwen3-1.7B\nlearning_rate: 1.0e-4\nlora_r: 16\n"
+                        "train: {gradient_accumulation_steps: 8, num_train_epochs: 3, per_device_train_batch_size: 2}\n"
+                        "output_dir: runs/x\n")
+    with pytest.raises(SystemExit) as e:
+        main(["train", "--config", str(cfg_file), "--print-config", "--lr_scheduler_type", "linear",
+              "--train.max_seq_length", "256"])
+    assert e.value.code == 0
+    got = yaml.safe_load(capsys.readouterr().out)
+    assert got["model"]["name"] == "Qwen/Qwen3-1.7B" and got["out"] == "runs/x" and got["lora"]["r"] == 16
+    assert {k: got["train"][k] for k in ("lr", "grad_accum", "epochs", "batch_size", "scheduler", "max_length")} == {
+        "lr": 1e-4, "grad_accum": 8, "epochs": 3.0, "batch_size": 2, "scheduler": "linear", "max_length": 256}
+    rc = main(["train", "--config", str(cfg_file), "--print-config", "--train.lr", "3e-4", "--learning_rate", "1e-3"])
+    assert rc == 2 and "name the same setting" in capsys.readouterr().err
+    cfg_file.write_text("learning_rate: 1.0e-4\ntrain: {lr: 2.0e-4}\n")
+    assert main(["eval", "--config", str(cfg_file), "--print-config"]) == 2
+    assert "'learning_rate' (0.0001) and 'train.lr' (0.0002)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [["eval"], ["train"], ["quickstart"], ["doctor"]])
+def test_print_config_prints_the_resolved_yaml(command, capsys):
+    import yaml
+
+    with pytest.raises(SystemExit) as e:
+        rc = main([*command, "--print-config", "--train.lr", "5e-4"] if command != ["doctor"] else
+                  [*command, "--print-config"])
+        raise SystemExit(rc)
+    assert e.value.code == 0
+    got = yaml.safe_load(capsys.readouterr().out)
+    assert set(got) >= {"model", "lora", "data", "train", "eval", "out"}
+    if command != ["doctor"]:
+        assert got["train"]["lr"] == 5e-4

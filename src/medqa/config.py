@@ -46,10 +46,11 @@ class ModelConfig(_Section):
 
 
 class LoraSettings(_Section):
-    r: int = Field(8, ge=1)
-    alpha: int = Field(16, ge=1)
-    dropout: float = Field(0.05, ge=0.0, lt=1.0)
-    target_modules: list[str] | Literal["all-linear"] = Field(default_factory=lambda: ["q_proj", "v_proj"])
+    r: int = Field(8, ge=1, description="LoRA rank")
+    alpha: int = Field(16, ge=1, description="LoRA scaling numerator (scale alpha/r)")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="dropout on the LoRA input")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "v_proj"], description="modules that get an adapter, or all-linear")
     use_dora: bool = Field(False, description="DoRA: weight-decomposed LoRA (PEFT)")
     use_rslora: bool = Field(False, description="rank-stabilised LoRA: scale alpha/sqrt(r) instead of alpha/r")
 
@@ -66,7 +67,8 @@ class DataConfig(_Section):
     train_size: int | None = Field(None, ge=1, description="rows in the seeded train part")
     seed: int = Field(42, description="seed of the hash split")
     limit: int | None = Field(None, ge=1, description="keep only the first N rows after splitting")
-    on_bad_rows: Literal["error", "skip"] = "error"
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="a bad row stops the run naming file, row and field (error) or is counted (skip)")
     subjects: str | None = Field(None, description="mmlu: one subject or 'medical' (all six)")
     loader_options: dict[str, Any] = Field(
         default_factory=dict,
@@ -88,19 +90,19 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: float = Field(2.0, gt=0)
+    epochs: float = Field(2.0, gt=0, description="passes over the training data")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1: run all epochs)")
-    batch_size: int = Field(4, ge=1)
-    grad_accum: int = Field(4, ge=1)
-    lr: float = Field(2e-4, gt=0)
-    scheduler: str = "cosine"
-    warmup_ratio: float = Field(0.05, ge=0, lt=1)
-    weight_decay: float = Field(0.0, ge=0)
-    max_length: int = Field(512, ge=16)
-    seed: int = 42
-    logging_steps: int = Field(5, ge=1)
-    save_steps: int = Field(100, ge=1)
-    save_total_limit: int = Field(2, ge=1)
+    batch_size: int = Field(4, ge=1, description="examples per micro-batch on each device")
+    grad_accum: int = Field(4, ge=1, description="micro-batches per optimizer step")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    scheduler: str = Field("cosine", description="learning-rate schedule (Transformers' lr_scheduler_type)")
+    warmup_ratio: float = Field(0.05, ge=0, lt=1, description="share of the steps spent warming up")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    max_length: int = Field(512, ge=16, description="tokens per example; longer explanations are cut")
+    seed: int = Field(42, description="seed of initialisation, order and dropout")
+    logging_steps: int = Field(5, ge=1, description="optimizer steps between log lines")
+    save_steps: int = Field(100, ge=1, description="optimizer steps between checkpoints")
+    save_total_limit: int = Field(2, ge=1, description="checkpoints kept (the oldest are removed)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in backward (less memory, ~15% slower)")
     batching: Literal["auto", "padding_free", "balanced", "length_grouped", "padded"] = Field(
         "auto",
@@ -148,14 +150,14 @@ class EvalConfig(_Section):
         None, description="chat: the model's chat template; lm-eval: lm-evaluation-harness plain prompt; unset: "
         "the protocol the adapter (or merged model) was trained with, else chat"
     )
-    batch_size: int = Field(16, ge=1)
+    batch_size: int = Field(16, ge=1, description="questions scored per forward pass")
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag answers below this probability")
     permutations: int = Field(0, ge=0, le=5, description="score under N cyclic option permutations (0/1: off)")
     generate: bool = Field(False, description="also generate answer + explanation, parse the letter strictly")
-    max_new_tokens: int = Field(96, ge=1)
+    max_new_tokens: int = Field(96, ge=1, description="tokens generated per answer and explanation")
     few_shot: int = Field(0, ge=0, description="k answered examples before each question (needs few_shot_data)")
     few_shot_data: DataConfig | None = Field(None, description="where few-shot examples come from (a training split)")
-    few_shot_seed: int = 1234
+    few_shot_seed: int = Field(1234, description="seed choosing the few-shot examples")
     target_accuracy: float = Field(
         0.6, gt=0, le=1, description="abstain below the lowest confidence whose kept answers reach this accuracy "
         "(lower confidence bound, see guarantee_level) on the calibration split"
@@ -191,7 +193,7 @@ class RunConfig(_Section):
         default_factory=list, description="train on several datasets by weight (replaces data); YAML list"
     )
     mixture_total: int | None = Field(None, ge=1, description="training rows drawn from the mixture (default: all)")
-    mixture_seed: int = 42
+    mixture_seed: int = Field(42, description="seed of the mixture's sampling and order")
     eval_data: DataConfig | None = Field(None, description="held-out data evaluated after training")
     eval_sets: dict[str, DataConfig] = Field(
         default_factory=dict,
@@ -200,7 +202,68 @@ class RunConfig(_Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    out: str = "runs/latest"
+    out: str = Field("runs/latest", description="run folder")
+
+
+# Transformers / TRL / PEFT / Axolotl names accepted beside MedQA's own, in a section or at the top level of a
+# YAML file (or as flags): an Axolotl or TRL user's config reads as they would write it.
+ALIASES: dict[str, str] = {
+    "train.learning_rate": "train.lr", "train.gradient_accumulation_steps": "train.grad_accum",
+    "train.num_train_epochs": "train.epochs", "train.per_device_train_batch_size": "train.batch_size",
+    "train.lr_scheduler_type": "train.scheduler", "train.max_seq_length": "train.max_length",
+    "train.neftune_noise_alpha": "train.neftune_alpha", "train.output_dir": "out",
+    "train.lora_r": "lora.r", "train.lora_alpha": "lora.alpha", "train.lora_dropout": "lora.dropout",
+    "train.lora_target_modules": "lora.target_modules", "eval.per_device_eval_batch_size": "eval.batch_size",
+    "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout",
+    "model.model_name_or_path": "model.name", "model.base_model": "model.name",
+    "model.torch_dtype": "model.dtype",
+}
+_TOP_LEVEL = {"learning_rate": "train.lr", "gradient_accumulation_steps": "train.grad_accum",
+              "num_train_epochs": "train.epochs", "per_device_train_batch_size": "train.batch_size",
+              "lr_scheduler_type": "train.scheduler", "max_seq_length": "train.max_length",
+              "warmup_ratio": "train.warmup_ratio", "weight_decay": "train.weight_decay", "max_steps": "train.max_steps",
+              "logging_steps": "train.logging_steps", "save_steps": "train.save_steps",
+              "save_total_limit": "train.save_total_limit", "gradient_checkpointing": "train.gradient_checkpointing",
+              "neftune_noise_alpha": "train.neftune_alpha", "report_to": "train.report_to",
+              "torch_compile": "train.torch_compile", "output_dir": "out", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
+              "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
+              "model_name_or_path": "model.name", "base_model": "model.name",
+              "per_device_eval_batch_size": "eval.batch_size"}
+ALIASES.update(_TOP_LEVEL)
+
+
+def aliases_of(dotted: str) -> list[str]:
+    return [a for a, c in ALIASES.items() if c == dotted]
+
+
+def _apply_aliases(tree: dict[str, Any], source: str) -> None:
+    """Rename every alias in `tree` (top-level or in its section) to MedQA's name; both given and differing
+    is an error naming the two."""
+    for alias, canonical in ALIASES.items():
+        *parent, key = alias.split(".")
+        node = tree.get(parent[0]) if parent else tree
+        if not isinstance(node, dict) or key not in node:
+            continue
+        value = node.pop(key)
+        if parent and not node:
+            tree.pop(parent[0])
+        current = _get_dotted(tree, canonical)
+        if current is not _MISSING and current != value:
+            raise ConfigError(f"{source}: '{alias}' ({value!r}) and '{canonical}' ({current!r}) name the same setting "
+                              "with different values; keep one")
+        set_dotted(tree, canonical, value)
+
+
+_MISSING = object()
+
+
+def _get_dotted(tree: dict[str, Any], dotted: str) -> Any:
+    node: Any = tree
+    for k in dotted.split("."):
+        if not isinstance(node, dict) or k not in node:
+            return _MISSING
+        node = node[k]
+    return node
 
 
 def _format_validation_error(err: ValidationError, source: str) -> str:
@@ -266,9 +329,18 @@ def build_config(
     source = "config"
     if file is not None:
         source = str(file)
-        _deep_update(tree, load_yaml(file))
-    for k, v in (overrides or {}).items():
-        set_dotted(tree, k, v)
+        from_file = load_yaml(file)
+        _apply_aliases(from_file, source)
+        _deep_update(tree, from_file)
+    given: dict[str, tuple[str, Any]] = {}
+    for k, v in (overrides or {}).items():  # a flag replaces the value (a list or mapping too), never merges
+        canonical = ALIASES.get(k, k)
+        if canonical in given and given[canonical][1] != v:
+            raise ConfigError(f"command line: --{given[canonical][0]} and --{k} name the same setting with "
+                              "different values; keep one")
+        given[canonical] = (k, v)
+    for canonical, (_, v) in given.items():
+        set_dotted(tree, canonical, v)
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as e:
