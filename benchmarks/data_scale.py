@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-length", type=int, default=512)
     ns = ap.parse_args(argv)
 
-    from medqa.data import load_medmcqa
+    from medqa.datasets import load_medmcqa
     from medqa.hygiene import apply_multi_policy, clean_records, remove_leakage
 
     results: dict[str, float] = {}
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         max_length = ns.max_length
 
         def encode(batch: dict[str, list]) -> dict[str, list]:
-            from medqa.data import MCQRecord
+            from medqa.datasets import MCQRecord
 
             out: dict[str, list] = {"input_ids": [], "labels": [], "truncated": []}
             keys = list(batch)

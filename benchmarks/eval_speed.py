@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from medqa.config import ModelConfig
-from medqa.data import LETTERS, hash_order, load_medmcqa
-from medqa.evaluate import score_records
+from medqa.datasets import LETTERS, hash_order, load_medmcqa
+from medqa.inference import score_records
 from medqa.format import PromptFormat
 from medqa.modeling import load_model
 

@@ -14,7 +14,7 @@ and in fp32 with a GradScaler at 2**16 (exact: checks the scaling logic alone). 
 compared with an fp32 plain-path reference of the same step; the default path passes if its error is
 at most twice the plain low-precision path's own error (at least a floor of a few ulps of the dtype:
 the paths sum in different orders). LoRA dropout is 0 here: with dropout the step prefix shares one
-mask over the prefix per step, equal to the plain path in expectation only (see medqa.train.StepPrefix).
+mask over the prefix per step, equal to the plain path in expectation only (see medqa.training.StepPrefix).
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ def gradient_check(shape: dict, device: str, batch: int, accum: int, seq: int, l
     from transformers import AutoModelForCausalLM, Qwen3Config
 
     from medqa.lean import lean_training
-    from medqa.train import StepPrefix, target_only_loss
+    from medqa.training import StepPrefix, target_only_loss
 
     accum = max(2, accum)
     cfg = Qwen3Config(**(shape | {"num_hidden_layers": min(layers, shape["num_hidden_layers"])}))
@@ -191,7 +191,7 @@ def main() -> None:
                                              target_modules=["q_proj", "v_proj"], task_type="CAUSAL_LM"))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-4)
     from medqa.lean import lean_training
-    from medqa.train import StepPrefix, target_only_loss
+    from medqa.training import StepPrefix, target_only_loss
 
     g = torch.Generator().manual_seed(0)
     system = torch.randint(0, cfg.vocab_size, (40,), generator=g)  # the shared system prompt + template

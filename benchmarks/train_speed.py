@@ -7,7 +7,7 @@
   predicted through the fused head + cross-entropy, memory-lean autograd (medqa.lean), no gradient
   checkpointing;
 
-both LoRA (q,v, r=8) at batch 4 x accumulation 4 through `medqa.train.train`. Prints training
+both LoRA (q,v, r=8) at batch 4 x accumulation 4 through `medqa.training.train`. Prints training
 examples/s, non-padding tokens/s, peak memory above the loaded model, and achieved FLOP/s as a share
 of this machine's matmul peak measured in the same run (4·N·T FLOPs for LoRA over non-padding tokens).
 
@@ -36,10 +36,10 @@ import torch
 
 from medqa.config import build_config, parse_value
 from medqa.config import DataConfig
-from medqa.data import load_dataset_config, load_demo
+from medqa.datasets import load_dataset_config, load_demo
 from medqa.hardware import detect
 from medqa.modeling import apply_lora, load_model
-from medqa.train import train
+from medqa.training import train
 
 
 def matmul_peak(device: str, dtype: torch.dtype) -> float:

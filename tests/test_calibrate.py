@@ -17,7 +17,7 @@ from medqa.calibrate import (
     refers_to_positions,
     risk_coverage,
 )
-from medqa.data import MCQRecord, load_demo
+from medqa.datasets import MCQRecord, load_demo
 from medqa.evaluate import expected_calibration_error
 
 
@@ -279,7 +279,7 @@ def test_real_medmcqa_options_that_point_at_other_options():
     few questions are flagged that are not. Numbers: pytest -s -k real_medmcqa_options tests/test_calibrate.py"""
     from conftest import MEDMCQA_VALIDATION
 
-    from medqa.data import load_medmcqa
+    from medqa.datasets import load_medmcqa
 
     if not MEDMCQA_VALIDATION.is_file():
         pytest.skip(f"{MEDMCQA_VALIDATION} not present")

@@ -288,12 +288,14 @@ def test_help_lists_every_config_field_with_its_default(command, capsys):
 @pytest.mark.parametrize("bad", ["/etc/passwd", "wrong-format"])
 def test_bad_data_fails_before_the_model_loads(command, bad, tmp_path, monkeypatch, capsys):
     """Issue 14.13: a bad data file was reported only after the (slow) model load."""
-    import medqa.recipes
+    import medqa.recipes.evaluation
+    import medqa.recipes.lora_sft
 
     def no_model(*a, **k):
         raise AssertionError("the model was loaded before the data was read")
 
-    monkeypatch.setattr(medqa.recipes, "load_model", no_model)
+    for module in (medqa.recipes.evaluation, medqa.recipes.lora_sft):  # the recipes' own load_model
+        monkeypatch.setattr(module, "load_model", no_model)
     path = "/etc/passwd" if bad == "/etc/passwd" else str(write_jsonl(tmp_path / "pubmed.jsonl", [
         {"QUESTION": "Is it?", "CONTEXTS": ["x"], "final_decision": "yes"}]))
     args = [command, "--dataset", "medmcqa", "--data", path, "--out", str(tmp_path / "o")]

@@ -5,7 +5,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medqa.data import MCQRecord, load_demo
+from medqa.datasets import MCQRecord, load_demo
 from medqa.evaluate import (
     parse_letter,
     permutation_analysis,

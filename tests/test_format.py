@@ -1,7 +1,7 @@
 import pytest
 from transformers import AutoTokenizer
 
-from medqa.data import LETTERS, MCQRecord
+from medqa.datasets import LETTERS, MCQRecord
 from medqa.errors import ModelError
 from medqa.format import PromptFormat
 
@@ -88,7 +88,7 @@ def test_unknown_protocol(qwen_tokenizer):
 
 def _family(source: str) -> list[MCQRecord]:
     """Records of one dataset family, answered at every position."""
-    from medqa.data import load_demo
+    from medqa.datasets import load_demo
 
     if source == "demo":
         base = load_demo()[0]

@@ -59,7 +59,7 @@ _RANK_SCRIPT = textwrap.dedent("""
     asked = []
     torch.cuda.mem_get_info = lambda device=None: (asked.append(str(device)) or (80 * 2**30, 96 * 2**30))
     from medqa.hardware import detect
-    from medqa.train import available_memory
+    from medqa.training import available_memory
     torch.distributed.init_process_group("gloo")  # the two ranks really run side by side
     hw = detect("auto")
     free = available_memory(hw)
@@ -80,8 +80,12 @@ def test_each_rank_picks_its_own_gpu_and_checks_its_memory(tmp_path):
                         "127.0.0.1", "--master_port", str(port), str(script)],
                        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-2000:]
-    got = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in r.stdout.splitlines() if "RESULT " in line),
-                 key=lambda x: x["rank"])
+    decoder, got, at = json.JSONDecoder(), [], r.stdout.find("RESULT ")
+    while at >= 0:  # the two ranks' lines may interleave on one line of the shared stdout
+        obj, end = decoder.raw_decode(r.stdout, at + len("RESULT "))
+        got.append(obj)
+        at = r.stdout.find("RESULT ", end)
+    got.sort(key=lambda x: x["rank"])
     assert [g["device"] for g in got] == ["cuda:0", "cuda:1"]
     assert [g["memory_device"] for g in got] == [["cuda:0"], ["cuda:1"]]
 
@@ -89,8 +93,8 @@ def test_each_rank_picks_its_own_gpu_and_checks_its_memory(tmp_path):
 def test_zero3_arguments_exist_before_the_model_loads(monkeypatch, tmp_path):
     """ZeRO-3: Transformers partitions the model while loading only if TrainingArguments (which register the
     DeepSpeed config) were created first; run_train creates them before load_model."""
-    import medqa.recipes as recipes
-    import medqa.train as train_mod
+    import medqa.recipes.lora_sft as recipes
+    import medqa.training.trainer as train_mod
     from medqa.config import build_config
     from conftest import mcq_row, write_jsonl
 

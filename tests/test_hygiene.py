@@ -7,7 +7,7 @@ from conftest import mcq_row, write_jsonl
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from medqa.data import MCQRecord, load_medmcqa
+from medqa.datasets import MCQRecord, load_medmcqa
 from medqa.errors import DataError
 from medqa.hygiene import (
     aggregate_accuracy,
@@ -185,15 +185,15 @@ def test_held_out_questions_never_train_with_up_sampling_and_near_duplicates(tmp
 
 
 def mcq_row_record(i: int, **kw):
-    from medqa.data import MCQRecord
+    from medqa.datasets import MCQRecord
 
     q = kw.get("question", f"Question number {i} about the heart?")
     return MCQRecord(id=f"q{i}", question=q, options=[f"beta {i}", f"alpha {i}.", f"gamma {i}", f"delta {i}"], answer=0)
 
 
 def test_holding_out_everything_is_a_clear_error():
-    from medqa.data import MCQRecord
-    from medqa.data import hash_order
+    from medqa.datasets import MCQRecord
+    from medqa.datasets import hash_order
     from medqa.errors import DataError
     from medqa.hygiene import hold_out_by_content
 

@@ -6,7 +6,7 @@ import json
 import pytest
 from conftest import MEDMCQA_VALIDATION, mcq_row, write_jsonl
 
-from medqa.data import MCQRecord, load_medmcqa
+from medqa.datasets import MCQRecord, load_medmcqa
 from medqa.errors import DataError
 from medqa.inspect import add_data_parser, add_inspect_parser, inspect_main, inspect_records
 
@@ -106,3 +106,22 @@ def test_real_medmcqa_validation():
     s = inspect_records(records)
     assert s["n"] == 4183 and s["gold_letters"] == {"A": 1348, "B": 1085, "C": 925, "D": 825}
     assert s["majority_baseline"] == 0.3223 and s["explanation_coverage"] == 0.0
+
+
+def test_command_takes_a_config_and_dotted_flags(tmp_path, capsys):
+    """`medqa data inspect` reads the same YAML and `--data.*` flags as train and eval (one parser)."""
+    import yaml
+
+    path = write_jsonl(tmp_path / "d.jsonl", [mcq_row(i, cop=i % 4) for i in range(8)])
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"data": {"dataset": "medmcqa", "path": str(path), "limit": 5}}))
+    ns = _parser().parse_args(["data", "inspect", "--config", str(cfg), "--json"])
+    assert inspect_main(ns) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 5
+    ns = _parser().parse_args(["data", "inspect", "--config", str(cfg), "--data.limit", "3", "--json"])
+    assert inspect_main(ns) == 0
+    assert json.loads(capsys.readouterr().out)["n"] == 3
+    ns = _parser().parse_args(["data", "inspect", "--config", str(cfg), "--print-config"])
+    with pytest.raises(SystemExit):
+        inspect_main(ns)
+    assert yaml.safe_load(capsys.readouterr().out)["data"]["limit"] == 5

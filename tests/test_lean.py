@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from medqa.config import build_config
-from medqa.data import load_demo
+from medqa.datasets import load_demo
 from medqa.format import PromptFormat
 from medqa.lean import DropoutLinear, SwiGLU, lean_training
 from medqa.modeling import apply_lora, load_model
-from medqa.train import PadCollator, build_features, target_only_loss
+from medqa.training import PadCollator, build_features, target_only_loss
 
 
 def _model(qwen_dir, **over):

@@ -10,9 +10,9 @@ import torch
 from conftest import write_jsonl
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from medqa.evaluate import score_records
+from medqa.inference import score_records
 from medqa.format import PromptFormat
-from medqa.loaders import load_named
+from medqa.datasets import load_named
 
 lm_eval = pytest.importorskip("lm_eval")
 pytestmark = pytest.mark.slow

@@ -3,9 +3,9 @@ import pytest
 import torch
 
 from medqa.config import LoraSettings, ModelConfig
-from medqa.data import load_demo
+from medqa.datasets import load_demo
 from medqa.errors import ModelError
-from medqa.evaluate import score_records
+from medqa.inference import score_records
 from medqa.format import PromptFormat
 from medqa.modeling import apply_lora, load_adapter, load_model, resolve_model_path
 
@@ -210,7 +210,7 @@ def test_save_adapter_writes_the_meta_with_the_adapter(qwen_dir, tmp_path):
     import medqa
     from medqa.config import DEFAULT_MODEL
     from medqa.modeling import cache_dir
-    from medqa.train import save_adapter
+    from medqa.training import save_adapter
 
     model, tok = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
     peft_model = apply_lora(model, LoraSettings(r=2, alpha=4))

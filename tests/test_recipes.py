@@ -30,7 +30,7 @@ def test_quickstart_reduced_budget(tmp_path, capsys):
     # held-out questions never appear in training
     train_ids = set()
     from medqa.config import build_config
-    from medqa.data import load_dataset_config
+    from medqa.datasets import load_dataset_config
     from medqa.recipes import quickstart_config_path
 
     cfg = build_config(quickstart_config_path())

@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from medqa.config import DataConfig, RunConfig, build_config, config_fields
-from medqa.data import MCQRecord, load_dataset_config
+from medqa.datasets import MCQRecord, load_dataset_config
 from medqa.errors import ConfigError, DataError
 
 ODD = ["", " ", "\u200b", "\u202eevil", "é\u0301", "😀" * 3, "\x00", "\ud800", "a\nb\r\nc", "\t", "ℌ𝔢𝔩𝔩𝔬", "ﬁ"]

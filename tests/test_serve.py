@@ -1,4 +1,5 @@
-"""medqa.serve: the Gradio demo (API via gradio_client, queue under load, a real browser) and Spaces export."""
+"""medqa.serve: the Gradio demo (API via gradio_client, queue under load, a real browser). Spaces export:
+test_ship_space.py."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ gradio_client = pytest.importorskip("gradio_client")
 from medqa import predict as predict_mod  # noqa: E402
 from medqa import serve  # noqa: E402
 from medqa.config import ModelConfig  # noqa: E402
-from medqa.errors import ConfigError, ModelError  # noqa: E402
+from medqa.errors import ConfigError  # noqa: E402
 from medqa.evaluate import DISCLAIMER  # noqa: E402
+from medqa.inference import Answerer  # noqa: E402
 from medqa.modeling import load_model  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -207,13 +209,13 @@ def test_sixteen_concurrent_clients_are_all_answered(served):
 
 def test_full_queue_gives_a_clear_message(tiny, monkeypatch):
     model, tok = tiny
-    real = predict_mod.answer
+    real = Answerer.answer
 
     def slow(*a, **kw):
         time.sleep(0.8)
         return real(*a, **kw)
 
-    monkeypatch.setattr(predict_mod, "answer", slow)
+    monkeypatch.setattr(Answerer, "answer", slow)
     demo = serve.build_demo(model, tok, max_new_tokens=4, queue_size=2, concurrency=1)
     url = start(demo)
     try:
@@ -241,82 +243,6 @@ def test_demo_cli_defaults_are_local_and_private(qwen_dir, monkeypatch):
     assert ns.handler(ns) == 0
     assert seen["host"] == "127.0.0.1" and seen["share"] is False and seen["port"] == 7860
     assert seen["demo"]._queue.max_size == serve.DEFAULT_QUEUE_SIZE
-
-
-# ----------------------------------------------------------------------------- Spaces export
-
-
-@pytest.fixture(scope="module")
-def adapter_dir(tmp_path_factory, qwen_dir):
-    from medqa.config import LoraSettings
-    from medqa.modeling import apply_lora
-
-    model, _ = load_model(ModelConfig(name=str(qwen_dir), device="cpu"))
-    out = tmp_path_factory.mktemp("adapter")
-    apply_lora(model, LoraSettings(r=2, alpha=4)).save_pretrained(out)
-    return out
-
-
-def _front_matter(readme: Path) -> dict:
-    import yaml
-
-    text = readme.read_text(encoding="utf-8")
-    assert text.startswith("---\n")
-    return yaml.safe_load(text.split("---\n")[1])
-
-
-def test_space_export_local_model_and_adapter(qwen_dir, adapter_dir, tmp_path):
-    out = tmp_path / "space"
-    ns = _sub(serve.add_space_parser).parse_args(["space", "export", str(out), "--model", str(qwen_dir),
-                                                  "--adapter", str(adapter_dir)])
-    messages = []
-    assert serve.space_main(ns, echo=messages.append) == 0 and str(out) in messages[0]
-    for f in ("app.py", "requirements.txt", "README.md", ".gitattributes", "medqa/serve.py", "medqa/predict.py",
-              "medqa/resources/demo_questions.jsonl", "adapter/adapter_config.json",
-              "adapter/adapter_model.safetensors", "model/model.safetensors", "model/config.json"):
-        assert (out / f).is_file(), f
-    assert not list(out.rglob("__pycache__"))
-    meta = _front_matter(out / "README.md")
-    assert meta["sdk"] == "gradio" and meta["sdk_version"] == gr.__version__ and meta["app_file"] == "app.py"
-    assert meta["title"] and len(meta["short_description"]) <= 60
-    assert "not medical advice" in (out / "README.md").read_text()
-    reqs = (out / "requirements.txt").read_text().splitlines()
-    assert any(r.startswith("transformers") for r in reqs) and not any(r.startswith("gradio") for r in reqs)
-    # the folder runs on its own: its vendored medqa builds the demo (without launching it)
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env["GRADIO_ANALYTICS_ENABLED"] = "False"
-    proc = subprocess.run(
-        [sys.executable, "-c", "import app, medqa; print(type(app.demo).__name__, medqa.__file__)"],
-        cwd=out, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    kind, where = proc.stdout.split()[-2:]
-    assert kind == "Blocks" and Path(where).resolve().is_relative_to(out.resolve())
-
-
-def test_space_export_default_model_ships_the_gguf(tmp_path):
-    from medqa.modeling import default_gguf
-
-    try:
-        gguf = default_gguf()
-    except ModelError as e:
-        pytest.skip(str(e))
-    out = serve.space_export(tmp_path / "s")
-    assert (out / "model" / gguf.name).stat().st_size == gguf.stat().st_size
-    assert "gguf" in (out / "requirements.txt").read_text()
-    assert f"model/{gguf.name}" in (out / "app.py").read_text()
-    assert _front_matter(out / "README.md")["models"] == ["HuggingFaceTB/SmolLM2-135M-Instruct"]
-
-
-def test_space_export_refuses_bad_input(tmp_path, qwen_dir):
-    (tmp_path / "full").mkdir()
-    (tmp_path / "full" / "keep.txt").write_text("x")
-    with pytest.raises(ConfigError, match="not empty"):
-        serve.space_export(tmp_path / "full", str(qwen_dir))
-    with pytest.raises(ModelError, match="not a LoRA adapter"):
-        serve.space_export(tmp_path / "new", str(qwen_dir), adapter=str(tmp_path))
-    out = serve.space_export(tmp_path / "full", str(qwen_dir), overwrite=True)
-    assert not (out / "keep.txt").exists() and (out / "app.py").is_file()
 
 
 # ----------------------------------------------------------------------------- a real browser
@@ -576,91 +502,3 @@ def test_demo_card_and_page_show_the_guarantee(tiny, monkeypatch):
     assert sentence in card
     page = " ".join(str(getattr(b, "value", "")) for b in demo.blocks.values())
     assert "30%" in page and html_mod.escape(guarantee_text(THRESHOLD_CAL), quote=True) in page
-
-
-def test_space_export_without_model_ships_the_adapters_base(lm_eval_adapter, qwen_dir, plain_dir, tmp_path):
-    """Issue 4: `space export --adapter` alone ships the base the adapter was trained on, never SmolLM2
-    with a foreign adapter; an explicit disagreeing --model is refused unless forced."""
-    import json
-
-    out = serve.space_export(tmp_path / "space", adapter=str(lm_eval_adapter))
-    assert json.loads((out / "model" / "config.json").read_text())["model_type"] == "qwen3"
-    assert not list((out / "model").glob("*.gguf"))
-    for f in ("adapter/medqa_adapter.json", "adapter/calibration.json"):
-        assert (out / f).is_file(), f
-    with pytest.raises(ModelError, match="--force-base"):
-        serve.space_export(tmp_path / "other", str(plain_dir), adapter=str(lm_eval_adapter))
-    assert not (tmp_path / "other").exists()
-    ns = _sub(serve.add_space_parser).parse_args(["space", "export", str(tmp_path / "other"), "--model", str(plain_dir),
-                                                  "--adapter", str(lm_eval_adapter), "--force-base"])
-    assert serve.space_main(ns, echo=lambda s: None) == 0 and (tmp_path / "other" / "model" / "config.json").is_file()
-
-
-# ----------------------------------------------------------------------------- --force is not destructive
-
-
-def test_space_export_force_checks_its_inputs_before_touching_the_folder(tmp_path, qwen_dir):
-    """Issue 6: a wrong --adapter (or model) with --force leaves the target folder untouched."""
-    out = tmp_path / "space"
-    out.mkdir()
-    (out / "keep.txt").write_text("precious")
-    with pytest.raises(ModelError, match="not a LoRA adapter"):
-        serve.space_export(out, str(qwen_dir), adapter=str(tmp_path / "no-such-adapter"), overwrite=True)
-    with pytest.raises(ModelError, match="GGUF file not found"):
-        serve.space_export(out, str(tmp_path / "missing.gguf"), overwrite=True)
-    assert [p.name for p in out.iterdir()] == ["keep.txt"] and (out / "keep.txt").read_text() == "precious"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]
-
-
-def _fake_run(folder: Path) -> Path:
-    folder.mkdir(parents=True)
-    (folder / "config.yaml").write_text("model:\n  name: x\n")
-    (folder / "run_summary.json").write_text("{}")
-    (folder / "adapter").mkdir()
-    (folder / "adapter" / "adapter_config.json").write_text("{}")
-    return folder
-
-
-def test_space_export_never_replaces_a_run_an_adapter_or_checkpoints(tmp_path, qwen_dir, adapter_dir):
-    run = _fake_run(tmp_path / "run")
-    with pytest.raises(ConfigError, match="run"):
-        serve.space_export(run, str(qwen_dir), overwrite=True)
-    assert (run / "config.yaml").is_file() and (run / "adapter" / "adapter_config.json").is_file()
-    ckpt = tmp_path / "ckpt"
-    (ckpt / "checkpoint-5").mkdir(parents=True)
-    with pytest.raises(ConfigError, match="checkpoint"):
-        serve.space_export(ckpt, str(qwen_dir), overwrite=True)
-    assert (ckpt / "checkpoint-5").is_dir()
-    copy = tmp_path / "adapter-copy"
-    shutil.copytree(adapter_dir, copy)
-    with pytest.raises(ConfigError, match="adapter"):
-        serve.space_export(copy, str(qwen_dir), overwrite=True)
-    assert (copy / "adapter_config.json").is_file()
-    # the output can be neither the adapter it ships, nor inside it, nor a folder holding it
-    with pytest.raises(ConfigError):
-        serve.space_export(copy / "space", str(qwen_dir), adapter=str(copy))
-    with pytest.raises(ConfigError):
-        serve.space_export(tmp_path, str(qwen_dir), adapter=str(copy), overwrite=True)
-    assert (copy / "adapter_config.json").is_file() and not (copy / "space").exists()
-
-
-def test_space_export_force_replaces_a_previous_space_atomically(tmp_path, qwen_dir, adapter_dir, monkeypatch):
-    out = serve.space_export(tmp_path / "space", str(qwen_dir), adapter=str(adapter_dir))
-    (out / ".git").mkdir()
-    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
-    (out / "stale.txt").write_text("old")
-
-    def broken(*a, **k):
-        raise RuntimeError("disk trouble")
-
-    real = serve._space_readme
-    monkeypatch.setattr(serve, "_space_readme", broken)
-    with pytest.raises(RuntimeError, match="disk trouble"):
-        serve.space_export(out, str(qwen_dir), adapter=str(adapter_dir), overwrite=True)
-    assert (out / "app.py").is_file() and (out / "stale.txt").is_file() and (out / ".git" / "HEAD").is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]  # no staging folder left behind
-    monkeypatch.setattr(serve, "_space_readme", real)
-    serve.space_export(out, str(qwen_dir), overwrite=True)
-    assert (out / "app.py").is_file() and not (out / "stale.txt").exists() and not (out / "adapter").exists()
-    assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"  # the Space's git checkout is kept
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]

@@ -1,4 +1,4 @@
-"""The system prompt run once per optimizer step (medqa.train.StepPrefix) under what the Trainer does
+"""The system prompt run once per optimizer step (medqa.training.StepPrefix) under what the Trainer does
 around `compute_loss`: fp16 loss scaling (GradScaler), its own division by the accumulation steps,
 overflows in an earlier micro-batch, and LoRA dropout."""
 
@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from medqa.config import build_config
-from medqa.data import load_demo
+from medqa.datasets import load_demo
 from medqa.format import PromptFormat
 from medqa.modeling import apply_lora, load_model
-from medqa.train import PadCollator, StepPrefix, build_features, common_prefix, target_only_loss
+from medqa.training import PadCollator, StepPrefix, build_features, common_prefix, target_only_loss
 
 SCALE = 2.0**16  # GradScaler's initial scale
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from medqa.data import LETTERS, MCQRecord
+from medqa.datasets import LETTERS, MCQRecord
 from medqa.io import atomic_write_json
 
 CALIBRATION_FILE = "calibration.json"

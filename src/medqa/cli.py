@@ -27,11 +27,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("medqa.inspect", "add_data_parser", "inspect_main"),
     "compare": ("medqa.compare", "add_compare_parser", "compare_main"),
     "doctor": ("medqa.cli", "_add_doctor", "_doctor_main"),
-    "export": ("medqa.hub", "add_export_parser", "export_main"),
-    "push": ("medqa.hub", "add_push_parser", "push_main"),
+    "export": ("medqa.ship.export", "add_export_parser", "export_main"),
+    "push": ("medqa.ship.push", "add_push_parser", "push_main"),
     "predict": ("medqa.predict", "add_predict_parser", "predict_main"),
     "demo": ("medqa.serve", "add_demo_parser", "demo_main"),
-    "space": ("medqa.serve", "add_space_parser", "space_main"),
+    "space": ("medqa.ship.space", "add_space_parser", "space_main"),
 }
 
 
@@ -167,16 +167,16 @@ def _eval_main(ns: argparse.Namespace) -> int:
 
     from medqa import recipes
     from medqa.evaluate import DISCLAIMER
+    from medqa.report import ci_text, pct
 
     cfg = _run_config(ns, {"out": "runs/eval"})
     s = recipes.run_eval(cfg)
     if "ci95" not in s:  # a non-main rank of a data-parallel run: rank 0 reports
         return 0
-    lo, hi = s["ci95"]
     extra = f"; ECE {s['ece']:.3f}; {s['questions_per_second']} q/s" if "ece" in s else (
         f" ({len(s['per_dataset'])} datasets, size-weighted; macro mean {s['macro_accuracy']:.1%})")
     console = Console()
-    console.print(f"accuracy {s['accuracy']:.1%} (95% CI {lo:.1%}-{hi:.1%}) on {s['n']} questions; "
+    console.print(f"accuracy {pct(s['accuracy'])} (95% CI {ci_text(s['ci95'], sep='-')}) on {s['n']} questions; "
                   f"majority baseline {s['majority_baseline']:.1%}{extra}; written to {cfg.out}")
     console.print(f"[yellow]{DISCLAIMER}[/yellow]")
     return 0

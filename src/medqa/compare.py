@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from medqa.errors import DataError
+from medqa.report import with_ci
 
 
 def mcnemar_exact(fixed: int, broken: int) -> float:
@@ -96,8 +97,8 @@ def compare_main(ns: argparse.Namespace) -> int:
         print(json.dumps(r, indent=2))
         return 0
     print(f"{r['n']} questions in both runs")
-    print(f"A: {r['accuracy_a']:.1%} ({r['ci95_a'][0]:.1%}-{r['ci95_a'][1]:.1%})   "
-          f"B: {r['accuracy_b']:.1%} ({r['ci95_b'][0]:.1%}-{r['ci95_b'][1]:.1%})   B-A: {r['difference']:+.1%}")
+    print(f"A: {with_ci(r['accuracy_a'], r['ci95_a'], sep='-')}   B: {with_ci(r['accuracy_b'], r['ci95_b'], sep='-')}   "
+          f"B-A: {r['difference']:+.1%}")
     print(f"fixed by B: {r['fixed']}   broken by B: {r['broken']}   "
           f"exact McNemar p = {r['mcnemar_exact_p']:.4g}")
     return 0

@@ -56,8 +56,9 @@ class LoraSettings(_Section):
 
 
 class DataConfig(_Section):
-    dataset: Literal["medmcqa", "demo", "medqa-usmle", "pubmedqa", "mmlu", "csv", "jsonl"] = Field(
-        "medmcqa", description="dataset family (loader)"
+    dataset: str = Field(
+        "medmcqa", description="dataset family: medmcqa, medqa-usmle, pubmedqa, mmlu, csv, jsonl, demo (the registry "
+        "in medqa.datasets)"
     )
     path: str | None = Field(None, description="local JSON/JSONL/Parquet/CSV file or Hub dataset id")
     split: str | None = Field(None, description="Hub split (default: train for training, validation for eval)")
@@ -82,6 +83,15 @@ class DataConfig(_Section):
     cop_base: Literal["auto", "0", "1"] = Field(
         "auto", description="MedMCQA `cop` indexing: 0 (Hub), 1 (original release) or auto-detect"
     )
+
+    @field_validator("dataset")
+    @classmethod
+    def _known_dataset(cls, v: str) -> str:
+        from medqa.datasets import dataset_names  # the one registry
+
+        if v not in dataset_names():
+            raise ValueError(f"unknown dataset family {v!r}; one of: {', '.join(dataset_names())}")
+        return v
 
     @field_validator("cop_base", mode="before")
     @classmethod
@@ -207,17 +217,6 @@ class RunConfig(_Section):
 
 # Transformers / TRL / PEFT / Axolotl names accepted beside MedQA's own, in a section or at the top level of a
 # YAML file (or as flags): an Axolotl or TRL user's config reads as they would write it.
-ALIASES: dict[str, str] = {
-    "train.learning_rate": "train.lr", "train.gradient_accumulation_steps": "train.grad_accum",
-    "train.num_train_epochs": "train.epochs", "train.per_device_train_batch_size": "train.batch_size",
-    "train.lr_scheduler_type": "train.scheduler", "train.max_seq_length": "train.max_length",
-    "train.neftune_noise_alpha": "train.neftune_alpha", "train.output_dir": "out",
-    "train.lora_r": "lora.r", "train.lora_alpha": "lora.alpha", "train.lora_dropout": "lora.dropout",
-    "train.lora_target_modules": "lora.target_modules", "eval.per_device_eval_batch_size": "eval.batch_size",
-    "lora.lora_alpha": "lora.alpha", "lora.lora_dropout": "lora.dropout",
-    "model.model_name_or_path": "model.name", "model.base_model": "model.name",
-    "model.torch_dtype": "model.dtype",
-}
 _TOP_LEVEL = {"learning_rate": "train.lr", "gradient_accumulation_steps": "train.grad_accum",
               "num_train_epochs": "train.epochs", "per_device_train_batch_size": "train.batch_size",
               "lr_scheduler_type": "train.scheduler", "max_seq_length": "train.max_length",
@@ -226,10 +225,15 @@ _TOP_LEVEL = {"learning_rate": "train.lr", "gradient_accumulation_steps": "train
               "save_total_limit": "train.save_total_limit", "gradient_checkpointing": "train.gradient_checkpointing",
               "neftune_noise_alpha": "train.neftune_alpha", "report_to": "train.report_to",
               "torch_compile": "train.torch_compile", "output_dir": "out", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
-              "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
-              "model_name_or_path": "model.name", "base_model": "model.name",
-              "per_device_eval_batch_size": "eval.batch_size"}
-ALIASES.update(_TOP_LEVEL)
+              "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules"}
+# the same names inside the train section (as in TRL's SFTConfig), and a few model / eval / lora spellings
+ALIASES: dict[str, str] = {
+    **_TOP_LEVEL, **{f"train.{k}": c for k, c in _TOP_LEVEL.items() if f"train.{k}" != c},
+    "model_name_or_path": "model.name", "base_model": "model.name", "model.model_name_or_path": "model.name",
+    "model.base_model": "model.name", "model.torch_dtype": "model.dtype", "lora.lora_alpha": "lora.alpha",
+    "lora.lora_dropout": "lora.dropout", "per_device_eval_batch_size": "eval.batch_size",
+    "eval.per_device_eval_batch_size": "eval.batch_size",
+}
 
 
 def aliases_of(dotted: str) -> list[str]:

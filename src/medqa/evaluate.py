@@ -1,9 +1,10 @@
-"""Evaluation: one forward pass per question, reading the option letters' next-token probabilities.
+"""Evaluation: metrics and reports over the letter scores of `medqa.inference`.
 
-This is the scoring lm-evaluation-harness uses for `medmcqa` (log-likelihood of each single-token
-letter continuation), done in one pass: the prompts are sorted by length and left-padded into
-batches (positions restart after the padding), and only the last position's logits are computed.
-Every option gets a probability; no prediction is ever a fallback.
+The scores are lm-evaluation-harness's for `medmcqa` (log-likelihood of each single-token letter
+continuation, one forward pass per question: `medqa.inference.score_records`); every option gets a
+probability, no prediction is ever a fallback. This module adds the accuracy with its Wilson interval,
+baselines, ECE, Brier, selective answering, option-order robustness, the generative mode's strict parsing,
+and writes predictions.jsonl, summary.json, report.md and the plots.
 """
 
 from __future__ import annotations
@@ -17,63 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from medqa.calibrate import abstains, apply_temperature, guarantee_text, keeps_option_order, risk_coverage
-from medqa.data import LETTERS, MCQRecord
+from medqa.datasets import LETTERS, MCQRecord
 from medqa.format import PromptFormat
+from medqa.inference import DISCLAIMER, generate_answers, score_records
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from medqa.report import ci_text, letter_table, pct, subject_table, with_ci
 
-DISCLAIMER = "MedQA is a study aid, not a clinician: its answers are not medical advice."
-
-
-def left_padded_batches(encoded: list[list[int]], batch_size: int, pad_id: int):
-    """Yield (indices, input_ids, attention_mask): longest prompts first, left-padded so every row ends
-    at the last column (where the next token is read)."""
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-    for start in range(0, len(order), batch_size):
-        idx = order[start : start + batch_size]
-        width = max(len(encoded[i]) for i in idx)
-        ids = torch.full((len(idx), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(idx), width), dtype=torch.long)
-        for row, i in enumerate(idx):
-            ids[row, width - len(encoded[i]) :] = torch.tensor(encoded[i])
-            mask[row, width - len(encoded[i]) :] = 1
-        yield idx, ids, mask
-
-
-@torch.inference_mode()
-def score_records(
-    model: Any,
-    fmt: PromptFormat,
-    records: list[MCQRecord],
-    batch_size: int = 16,
-    progress: bool = True,
-    desc: str = "scoring",
-) -> list[np.ndarray]:
-    """Probabilities over each record's options (renormalised over the option letters)."""
-    device = next(model.parameters()).device
-    pad_id = fmt.tokenizer.pad_token_id if fmt.tokenizer.pad_token_id is not None else 0
-    out: list[np.ndarray | None] = [None] * len(records)
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(records), desc=desc, unit="q", disable=not progress, leave=False)
-    for idx, ids, mask in left_padded_batches([fmt.encode_prompt(r) for r in records], batch_size, pad_id):
-        pos = (mask.cumsum(-1) - 1).clamp(min=0)
-        logits = model(
-            input_ids=ids.to(device),
-            attention_mask=mask.to(device),
-            position_ids=pos.to(device),
-            logits_to_keep=1,
-            use_cache=False,
-        ).logits[:, -1, :].float()
-        for row, i in enumerate(idx):
-            out[i] = torch.softmax(logits[row, fmt.choice_ids(records[i])], dim=-1).cpu().numpy()
-        bar.update(len(idx))
-    bar.close()
-    if was_training:
-        model.train()
-    return out  # type: ignore[return-value]
+__all__ = ["DISCLAIMER", "evaluate", "summarize", "wilson_interval", "expected_calibration_error", "brier_score",
+           "prediction_rows", "markdown_report", "rotate", "permutation_analysis", "parse_answer", "parse_letter"]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -167,7 +121,6 @@ def prediction_rows(records: list[MCQRecord], probs: list[np.ndarray]) -> list[d
 
 
 def markdown_report(summary: dict[str, Any]) -> str:
-    lo, hi = summary["ci95"]
     lines = [
         f"# MedQA evaluation — {summary.get('model', '')}",
         "",
@@ -176,7 +129,7 @@ def markdown_report(summary: dict[str, Any]) -> str:
         f"- Protocol: `{summary.get('protocol')}` (next-token probability of each option letter, one forward pass per question)",
         f"- Data: {summary.get('data', '')}",
         f"- Questions: {summary['n']}",
-        f"- **Accuracy: {summary['accuracy']:.1%}** (95 % Wilson interval {lo:.1%}–{hi:.1%})",
+        f"- **Accuracy: {pct(summary['accuracy'])}** (95 % Wilson interval {ci_text(summary['ci95'])})",
         f"- Majority-letter baseline ('{summary['majority_letter']}'): {summary['majority_baseline']:.1%}; uniform: {summary['uniform_baseline']:.1%}",
         f"- Mean confidence {summary['mean_confidence']:.1%}, ECE {summary['ece']:.3f}, Brier {summary['brier']:.3f}; "
         f"{summary['low_confidence_share']:.1%} of answers below the {summary['low_confidence_threshold']:.0%} confidence flag",
@@ -187,7 +140,7 @@ def markdown_report(summary: dict[str, Any]) -> str:
                      f"same for {rb['consistency']:.1%} of the {rb.get('permuted', summary['n'])} permuted questions "
                      f"({rb.get('held_fixed', 0)} held in their original order: options that point at other options, "
                      f"fixed label sets); permutation-debiased accuracy "
-                     f"{rb['debiased_accuracy']:.1%} ({rb['debiased_ci95'][0]:.1%}–{rb['debiased_ci95'][1]:.1%})")
+                     f"{with_ci(rb['debiased_accuracy'], rb['debiased_ci95'])}")
     if "generative" in summary:
         g = summary["generative"]
         lines.append(f"- Generative mode (answer + explanation, strict letter parsing): accuracy {g['accuracy']:.1%}, "
@@ -210,14 +163,9 @@ def markdown_report(summary: dict[str, Any]) -> str:
         cov = ", ".join(f"{k}: {v:.1%}" for k, v in sel["accuracy_at_coverage"].items())
         lines.append(f"- Selective answering: AURC {sel['aurc']:.3f}; accuracy at coverage {cov}")
     lines += ["", "![reliability](reliability.png) ![letters](letters.png) ![risk-coverage](risk_coverage.png)", "",
-              "| letter | gold | predicted |", "|---|---|---|"]
-    for L, g in summary["gold_letter_distribution"].items():
-        lines.append(f"| {L} | {g} | {summary['pred_letter_distribution'].get(L, 0)} |")
+              *letter_table(summary).splitlines()]
     if summary["per_subject"]:
-        lines += ["", "| subject | n | accuracy | 95 % CI |", "|---|---|---|---|"]
-        for s, v in summary["per_subject"].items():
-            lines.append(f"| {s} | {v['n']} | {v['accuracy']:.1%} | {v['ci95'][0]:.1%}–{v['ci95'][1]:.1%} |")
-        lines.append(f"| macro mean | {len(summary['per_subject'])} subjects | {summary['macro_subject_accuracy']:.1%} | |")
+        lines += ["", *subject_table(summary).splitlines()]
     return "\n".join(lines) + "\n"
 
 
@@ -303,30 +251,6 @@ def parse_letter(text: str, n_options: int) -> int | None:
     return i if i < n_options else None
 
 
-@torch.inference_mode()
-def generate_answers(
-    model: Any, fmt: PromptFormat, records: list[MCQRecord], batch_size: int = 8,
-    max_new_tokens: int = 96, progress: bool = True,
-) -> list[str]:
-    """Greedy, batched (left-padded) generation of the answer and its explanation; stops at end of turn."""
-    tok = fmt.tokenizer
-    device = next(model.parameters()).device
-    stop = [i for i in {tok.convert_tokens_to_ids(fmt.end_text) if fmt.end_text in tok.get_vocab() else None,
-                        tok.eos_token_id} if i is not None]
-    texts: list[str] = [""] * len(records)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else stop[0]
-    bar = tqdm(total=len(records), desc="generating", unit="q", disable=not progress, leave=False)
-    for idx, ids, mask in left_padded_batches([fmt.encode_prompt(r) for r in records], batch_size, pad_id):
-        width = ids.shape[1]
-        out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=max_new_tokens,
-                             do_sample=False, eos_token_id=stop, pad_token_id=pad_id)
-        for row, i in enumerate(idx):
-            texts[i] = tok.decode(out[row, width:], skip_special_tokens=True).strip()
-        bar.update(len(idx))
-    bar.close()
-    return texts
-
-
 # ----------------------------------------------------------------------------- distributed
 
 
@@ -350,6 +274,69 @@ def _sharded(fn, records: list[MCQRecord]) -> list[Any]:
     return out
 
 
+def _calibration_summary(records: list[MCQRecord], raw_probs: list[np.ndarray], summary: dict[str, Any],
+                         calibration: dict[str, Any], low_confidence: float, conf: np.ndarray,
+                         correct: np.ndarray) -> dict[str, Any]:
+    """Temperature, ECE before / after scaling, and what the abstention rule (`calibrate.abstains`) withholds
+    (`conf`, `correct`: of the scaled probabilities)."""
+    temperature = float(calibration.get("temperature", 1.0))
+    threshold = calibration.get("abstain_threshold")
+    fitted = threshold is not None or bool(calibration.get("abstain_all"))
+    answered = np.array([not abstains(float(c), calibration) for c in conf], dtype=bool) if fitted else None
+    return {
+        "temperature": temperature,
+        "ece_uncalibrated": summarize(records, raw_probs, low_confidence)["ece"] if temperature != 1.0 else summary["ece"],
+        "ece": summary["ece"],
+        "abstain_threshold": threshold,
+        "abstain_all": bool(calibration.get("abstain_all", False)),
+        "guarantee": calibration.get("guarantee"),
+        "abstained_share": float(1 - answered.mean()) if answered is not None and len(conf) else None,
+        "accuracy_when_answering": float(correct[answered].mean()) if answered is not None and answered.any() else None,
+    }
+
+
+def _confidence_and_correct(records: list[MCQRecord], probs: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    conf = np.array([float(np.max(p)) for p in probs])
+    correct = np.array([int(np.argmax(p)) == r.answer for p, r in zip(probs, records)], dtype=float)
+    return conf, correct
+
+
+def _generative(model: Any, fmt: PromptFormat, records: list[MCQRecord], probs: list[np.ndarray],
+                rows: list[dict[str, Any]], batch_size: int, max_new_tokens: int, progress: bool) -> dict[str, Any]:
+    """Generate answer + explanation, parse the letter strictly; adds `generated` to the rows."""
+    texts = _sharded(lambda rs: generate_answers(model, fmt, rs, batch_size, max_new_tokens, progress), records)
+    parsed = [parse_answer(t, r, fmt) for t, r in zip(texts, records)]
+    n = len(records)
+    k = sum(p == r.answer for p, r in zip(parsed, records))
+    for row, text, p in zip(rows, texts, parsed):
+        row["generated"] = text
+        row["generated_pred"] = LETTERS[p] if p is not None else None
+    return {
+        "accuracy": k / n if n else 0.0,
+        "ci95": list(wilson_interval(k, n)),
+        "unparseable": sum(p is None for p in parsed),
+        "agreement_with_letter_scoring": float(np.mean([p == int(np.argmax(q)) for p, q in zip(parsed, probs)])) if n else 0.0,
+        "max_new_tokens": max_new_tokens,
+    }
+
+
+def write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], conf: np.ndarray,
+                  correct: np.ndarray) -> None:
+    """predictions.jsonl, the plots, summary.json and report.md."""
+    from medqa.plots import curve, letter_bias, reliability_diagram
+
+    rc = risk_coverage(conf, correct)
+    atomic_write_jsonl(out / "predictions.jsonl", rows)
+    temperature = summary["calibration"]["temperature"]
+    reliability_diagram(conf, correct, out / "reliability.png", f"Reliability (ECE {summary['ece']:.3f}, T={temperature:.2f})")
+    curve(rc["coverage"], rc["accuracy"], out / "risk_coverage.png", "coverage (most confident answers kept)",
+          "accuracy of kept answers", f"Selective answering (AURC {rc['aurc']:.3f})",
+          hline=summary["majority_baseline"], hline_label="majority-letter baseline")
+    letter_bias(summary["gold_letter_distribution"], summary["pred_letter_distribution"], out / "letters.png")
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "report.md", markdown_report(summary))
+
+
 def evaluate(
     model: Any,
     fmt: PromptFormat,
@@ -370,68 +357,32 @@ def evaluate(
     same report a single process would.
     """
     rank, world = _dist()
+    progress = progress and rank == 0
     t = time.perf_counter()
-    probs = _sharded(lambda rs: score_records(model, fmt, rs, batch_size=batch_size, progress=progress and rank == 0),
-                     records)
+    raw_probs = _sharded(lambda rs: score_records(model, fmt, rs, batch_size=batch_size, progress=progress), records)
     seconds = time.perf_counter() - t
     calibration = calibration or {"temperature": 1.0, "abstain_threshold": None}
-    raw_probs, temperature = probs, float(calibration.get("temperature", 1.0))
+    temperature = float(calibration.get("temperature", 1.0))
     probs = apply_temperature(raw_probs, temperature)
     summary = {"protocol": fmt.name, **(meta or {}), **summarize(records, probs, low_confidence)}
-    conf = np.array([float(np.max(p)) for p in probs])
-    correct = np.array([int(np.argmax(p)) == r.answer for p, r in zip(probs, records)], dtype=float)
+    conf, correct = _confidence_and_correct(records, probs)
     rc = risk_coverage(conf, correct)
-    threshold = calibration.get("abstain_threshold")
-    fitted = threshold is not None or bool(calibration.get("abstain_all"))
-    answered = np.array([not abstains(float(c), calibration) for c in conf], dtype=bool) if fitted else None
-    summary["calibration"] = {
-        "temperature": temperature,
-        "ece_uncalibrated": summarize(records, raw_probs, low_confidence)["ece"] if temperature != 1.0 else summary["ece"],
-        "ece": summary["ece"],
-        "abstain_threshold": threshold,
-        "abstain_all": bool(calibration.get("abstain_all", False)),
-        "guarantee": calibration.get("guarantee"),
-        "abstained_share": float(1 - answered.mean()) if answered is not None and len(conf) else None,
-        "accuracy_when_answering": float(correct[answered].mean()) if answered is not None and answered.any() else None,
-    }
+    summary["calibration"] = _calibration_summary(records, raw_probs, summary, calibration, low_confidence, conf,
+                                                  correct)
     summary["selective"] = {"aurc": rc["aurc"], "accuracy_at_coverage": rc["accuracy_at_coverage"]}
     summary["seconds"] = round(seconds, 2)
     summary["questions_per_second"] = round(len(records) / seconds, 2) if seconds > 0 else None
     summary["processes"] = world
     rows = prediction_rows(records, probs)
     if permutations > 1:
-        perm = permutation_analysis(model, fmt, records, raw_probs, permutations, batch_size, progress and rank == 0,
+        perm = permutation_analysis(model, fmt, records, raw_probs, permutations, batch_size, progress,
                                     temperature=temperature)  # every permutation scaled alike
         for row, p in zip(rows, perm.pop("debiased_probs")):
             row["debiased_probs"] = [round(float(x), 6) for x in p]
         summary["robustness"] = perm
     if generate:
-        texts = _sharded(lambda rs: generate_answers(model, fmt, rs, batch_size, max_new_tokens, progress and rank == 0),
-                         records)
-        parsed = [parse_answer(t, r, fmt) for t, r in zip(texts, records)]
-        n = len(records)
-        k = sum(p == r.answer for p, r in zip(parsed, records))
-        summary["generative"] = {
-            "accuracy": k / n if n else 0.0,
-            "ci95": list(wilson_interval(k, n)),
-            "unparseable": sum(p is None for p in parsed),
-            "agreement_with_letter_scoring": float(np.mean([p == int(np.argmax(q)) for p, q in zip(parsed, probs)])) if n else 0.0,
-            "max_new_tokens": max_new_tokens,
-        }
-        for row, text, p in zip(rows, texts, parsed):
-            row["generated"] = text
-            row["generated_pred"] = LETTERS[p] if p is not None else None
+        summary["generative"] = _generative(model, fmt, records, probs, rows, batch_size, max_new_tokens, progress)
     summary["disclaimer"] = DISCLAIMER
     if out_dir is not None and rank == 0:
-        out = Path(out_dir)
-        atomic_write_jsonl(out / "predictions.jsonl", rows)
-        from medqa.plots import curve, letter_bias, reliability_diagram
-
-        reliability_diagram(conf, correct, out / "reliability.png", f"Reliability (ECE {summary['ece']:.3f}, T={temperature:.2f})")
-        curve(rc["coverage"], rc["accuracy"], out / "risk_coverage.png", "coverage (most confident answers kept)",
-              "accuracy of kept answers", f"Selective answering (AURC {rc['aurc']:.3f})",
-              hline=summary["majority_baseline"], hline_label="majority-letter baseline")
-        letter_bias(summary["gold_letter_distribution"], summary["pred_letter_distribution"], out / "letters.png")
-        atomic_write_json(out / "summary.json", summary)
-        atomic_write_text(out / "report.md", markdown_report(summary))
+        write_outputs(Path(out_dir), summary, rows, conf, correct)
     return summary

@@ -83,7 +83,7 @@ def overrides(ns: argparse.Namespace) -> dict[str, Any]:
         if k.startswith("cfg:"):
             dotted = ALIASES.get(k[4:], k[4:])
             raw = dotted.rsplit(".", 1)[-1] in RAW_STRING_FIELDS
-            out[k[4:]] = v if raw else parse_value(v)
+            out[k[4:]] = v if raw or not isinstance(v, str) else parse_value(v)
     return out
 
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from medqa.data import LETTERS, MCQRecord
+from medqa.datasets import LETTERS, MCQRecord
 from medqa.errors import ModelError
 
 SYSTEM_PROMPT = (

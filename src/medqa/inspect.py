@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from medqa.data import LETTERS, MCQRecord
+from medqa.datasets import LETTERS, MCQRecord
 from medqa.format import user_message
 from medqa.hygiene import count_duplicates, cross_subject_duplicates, find_leakage
 from medqa.io import atomic_write_bytes
@@ -93,15 +93,7 @@ def inspect_records(
     if len(splits) > 1:
         out["by_split_subject"] = by_split_subject
         out["duplicates_by_split"] = {s: count_duplicates(v) for s, v in splits.items()}
-    leakage: dict[str, Any] = {}
-    for (a, ra), (b, rb) in combinations(splits.items(), 2):
-        rep = find_leakage(ra, rb)
-        leakage[f"{a}~{b}"] = {"records_in_" + a: rep.train_leaked, "records_in_" + b: rep.eval_leaked}
-    if eval_records is not None:
-        rep = find_leakage(allrecs, eval_records)
-        leakage["eval"] = {"records_in_data": rep.train_leaked, "records_in_eval": rep.eval_leaked,
-                           "examples": rep.examples[:5]}
-    out["leakage"] = leakage
+    out["leakage"] = _leakage(splits, allrecs, eval_records)
     xsub = cross_subject_duplicates(allrecs)
     out["cross_subject_duplicates"] = len(xsub)
     out["cross_subject_examples"] = xsub[:5]
@@ -110,6 +102,27 @@ def inspect_records(
         "options": _percentiles([sum(len(o) for o in r.options) for r in allrecs]),
         "explanation": _percentiles([len(r.explanation) for r in allrecs if r.explanation]),
     }
+    _lengths(out, splits, tokenizer, tokenizer_name, png_path)
+    return out
+
+
+def _leakage(splits: Mapping[str, Sequence[MCQRecord]], allrecs: list[MCQRecord],
+             eval_records: Sequence[MCQRecord] | None) -> dict[str, Any]:
+    """Questions shared between every two splits, and between the data and an evaluation set."""
+    leakage: dict[str, Any] = {}
+    for (a, ra), (b, rb) in combinations(splits.items(), 2):
+        rep = find_leakage(ra, rb)
+        leakage[f"{a}~{b}"] = {"records_in_" + a: rep.train_leaked, "records_in_" + b: rep.eval_leaked}
+    if eval_records is not None:
+        rep = find_leakage(allrecs, eval_records)
+        leakage["eval"] = {"records_in_data": rep.train_leaked, "records_in_eval": rep.eval_leaked,
+                           "examples": rep.examples[:5]}
+    return leakage
+
+
+def _lengths(out: dict[str, Any], splits: Mapping[str, Sequence[MCQRecord]], tokenizer: Any,
+             tokenizer_name: str | None, png_path: str | Path | None) -> None:
+    """Token lengths (with a tokenizer) or character lengths, and the histogram PNG when asked."""
     hist: dict[str, list[int]] = {}
     if tokenizer is not None:
         tokens: dict[str, Any] = {"tokenizer": tokenizer_name or getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__}
@@ -131,7 +144,6 @@ def inspect_records(
         unit = "characters (question, options, answer and explanation)"
     if png_path is not None:
         out["png"] = str(write_histogram(hist, png_path, unit))
-    return out
 
 
 def write_histogram(lengths: Mapping[str, Sequence[int]], path: str | Path, unit: str = "tokens") -> Path:
@@ -177,25 +189,46 @@ def _parse_opts(pairs: list[str] | None) -> dict[str, Any]:
 
 
 def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add `inspect` to a subparsers action (the one under `medqa data`)."""
-    from medqa.loaders import DATASET_NAMES
+    """Add `inspect` to a subparsers action (the one under `medqa data`): the short flags below, or a YAML
+    `--config` and `--data.*` / `--eval_data.*` flags through the same parser as every other subcommand."""
+    from medqa.datasets import dataset_names
+    from medqa.flags import add_config_arguments
 
     p = subparsers.add_parser("inspect", help="counts, gold letters, duplicates, leakage, lengths of a dataset")
-    p.add_argument("--dataset", required=True, choices=DATASET_NAMES, help="dataset family (loader)")
+    p.add_argument("--dataset", choices=dataset_names(), help="dataset family (loader; default: the config's, medmcqa)")
     p.add_argument("--data", help="file, folder or Hub id (not needed for demo)")
     p.add_argument("--split", help="split (Hub split; pubmedqa: test|train; mmlu: test|dev|val)")
     p.add_argument("--subset", help="mmlu: one subject or 'medical' (all six)")
     p.add_argument("--option", action="append", metavar="KEY=VALUE",
                    help="loader option, repeatable: cop_base=0, test_ids=PATH, include_context=false, "
                         "question=COL, options=A,B,C,D, answer=COL, answer_format=letter|index0|index1|text")
-    p.add_argument("--on-bad-rows", choices=("error", "skip"), default="error")
+    p.add_argument("--on-bad-rows", choices=("error", "skip"), default=None)
     p.add_argument("--eval-dataset", help="loader of --eval-data (default: --dataset)")
     p.add_argument("--eval-data", help="evaluation set to check for leakage against")
     p.add_argument("--tokenizer", help="tokenizer for token lengths (Hub id, folder or smollm2-135m-instruct)")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.add_argument("--png", help="write a histogram of lengths to this PNG file")
+    add_config_arguments(p, sections=("data", "eval_data"))
     p.set_defaults(data_command="inspect")
     return p
+
+
+def _inspect_config(args: argparse.Namespace) -> Any:
+    """The short flags as config values (they win over --config and the dotted flags), then the one parser."""
+    from medqa.flags import config_from_args
+
+    base: dict[str, Any] = {}
+    short = {"data.dataset": args.dataset, "data.path": args.data, "data.split": args.split,
+             "data.subjects": args.subset, "data.on_bad_rows": args.on_bad_rows}
+    for k, v in _parse_opts(getattr(args, "option", None)).items():
+        short["data.cop_base" if k == "cop_base" else f"data.loader_options.{k}"] = v
+    if args.eval_data:
+        short.update({"eval_data.path": args.eval_data, "eval_data.on_bad_rows": args.on_bad_rows})
+        base["eval_data.dataset"] = args.eval_dataset or args.dataset or "medmcqa"
+    for k, v in short.items():
+        if v is not None:
+            setattr(args, f"cfg:{k}", v)
+    return config_from_args(args, base=base)
 
 
 def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -207,14 +240,11 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def inspect_main(args: argparse.Namespace) -> int:
-    from medqa.loaders import load_named
+    from medqa.datasets import load_dataset_config
 
-    opts = _parse_opts(getattr(args, "option", None))
-    records, report = load_named(args.dataset, args.data, split=args.split, subset=args.subset,
-                                 on_bad_rows=args.on_bad_rows, **opts)
-    eval_records = None
-    if getattr(args, "eval_data", None):
-        eval_records, _ = load_named(args.eval_dataset or args.dataset, args.eval_data, on_bad_rows=args.on_bad_rows)
+    cfg = _inspect_config(args)
+    records, report = load_dataset_config(cfg.data, default_split="train")
+    eval_records = load_dataset_config(cfg.eval_data, default_split="validation")[0] if cfg.eval_data else None
     tok = None
     if args.tokenizer:
         from medqa.modeling import load_tokenizer
@@ -226,7 +256,7 @@ def inspect_main(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2, ensure_ascii=False))
     else:
-        print(format_report(stats, args.data or args.dataset))
+        print(format_report(stats, cfg.data.path or cfg.data.dataset))
     return 0
 
 

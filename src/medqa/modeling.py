@@ -177,7 +177,7 @@ def read_adapter_config(adapter: str) -> dict[str, Any]:
 def write_adapter_meta(folder: str | Path, meta: dict[str, Any]) -> Path:
     """Write `medqa_adapter.json` into `folder`: the base model as a user names it (a Hub id, a local path, or
     the offline default's name, never its cache folder), the prompt protocol, and the MedQA version."""
-    from medqa import __version__
+    from medqa.versions import __version__
     from medqa.io import atomic_write_json
 
     info = dict(meta)
@@ -288,20 +288,27 @@ def _check_weights(folder: Path, allow_pickle: bool) -> None:
         )
 
 
+def from_pretrained(auto_class: Any, name: str, what: str, trust_remote_code: bool = False,
+                    revision: str | None = None, **kwargs: Any) -> Any:
+    """`auto_class.from_pretrained` for a MedQA model name (Hub id, folder, .gguf, offline default), with a
+    one-line ModelError naming `what` failed instead of a library traceback."""
+    path, gguf = resolve_model_path(name)
+    kwargs["trust_remote_code"] = trust_remote_code
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    if revision:
+        kwargs["revision"] = revision
+    try:
+        return auto_class.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise ModelError(f"cannot load {what} '{name}': {str(e).splitlines()[0][:300]}") from None
+
+
 def load_tokenizer(name: str, cfg: ModelConfig | None = None) -> Any:
     from transformers import AutoTokenizer
 
     cfg = cfg or ModelConfig(name=name)
-    path, gguf = resolve_model_path(name)
-    kwargs: dict[str, Any] = {"trust_remote_code": cfg.trust_remote_code}
-    if gguf:
-        kwargs["gguf_file"] = gguf
-    if cfg.revision:
-        kwargs["revision"] = cfg.revision
-    try:
-        tok = AutoTokenizer.from_pretrained(path, **kwargs)
-    except (OSError, ValueError) as e:
-        raise ModelError(f"cannot load tokenizer '{name}': {str(e).splitlines()[0][:300]}") from None
+    tok = from_pretrained(AutoTokenizer, name, "tokenizer", cfg.trust_remote_code, cfg.revision)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     return tok
