@@ -120,6 +120,22 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def loads_or_data_error(rows: list, load) -> None:
+    """Fuzz check shared by the loaders: any JSONL file of these rows gives records or a DataError (never
+    another exception), with on_bad_rows error and skip."""
+    import tempfile
+
+    from medqa.errors import DataError
+
+    with tempfile.TemporaryDirectory() as d:
+        p = write_jsonl(Path(d) / "x.jsonl", rows)
+        for mode in ("error", "skip"):
+            try:
+                load(str(p), on_bad_rows=mode)
+            except DataError:
+                pass
+
+
 def mcq_row(i: int, cop: int = 0, **kw) -> dict:
     row = {
         "id": f"q{i}", "question": f"Question number {i} about the heart?",

@@ -1,12 +1,10 @@
 """Generic CSV / JSONL through a column mapping, and the `load_named` dispatcher."""
 
 import csv
-import json
-import tempfile
 from pathlib import Path
 
 import pytest
-from conftest import write_jsonl
+from conftest import loads_or_data_error, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -151,11 +149,4 @@ def test_any_row_gives_a_record_or_a_data_error(raw, fmt, as_list):
 @settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(row_like, min_size=1, max_size=4))
 def test_any_file_gives_records_or_a_data_error(rows):
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "x.jsonl"
-        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for mode in ("error", "skip"):
-            try:
-                load_generic(str(p), question="q", options=["a", "b", "c"], answer="ans", on_bad_rows=mode)
-            except DataError:
-                pass
+    loads_or_data_error(rows, lambda p, **kw: load_generic(p, question="q", options=["a", "b", "c"], answer="ans", **kw))

@@ -1,11 +1,8 @@
 """MedQA-USMLE: the original 4-/5-option JSONL release, the GBaker Hub copy and its -hf form."""
 
-import json
-import tempfile
-from pathlib import Path
 
 import pytest
-from conftest import mcq_row, write_jsonl
+from conftest import loads_or_data_error, mcq_row, write_jsonl
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -192,11 +189,4 @@ def test_any_json_row_gives_a_record_or_a_data_error(raw):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(rows=st.lists(usmle_like | json_any, min_size=1, max_size=4))
 def test_any_file_gives_records_or_a_data_error(rows):
-    with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / "x.jsonl"
-        p.write_text("".join(json.dumps(r) + "\n" for r in rows))
-        for mode in ("error", "skip"):
-            try:
-                load_medqa_usmle(str(p), on_bad_rows=mode)
-            except DataError:
-                pass
+    loads_or_data_error(rows, load_medqa_usmle)

@@ -4,10 +4,8 @@ import pytest
 import torch
 from training_runs import tiny_run as _tiny_run
 
-from medqa.config import build_config
 from medqa.datasets import load_demo
 from medqa.format import PromptFormat
-from medqa.modeling import apply_lora, load_model
 from medqa.training import PadCollator, build_features, train
 
 
@@ -71,17 +69,11 @@ def test_common_prefix_stops_before_targets_and_needs_sixteen_tokens():
 
 def test_step_prefix_gives_the_gradients_of_running_it_in_every_micro_batch(qwen_dir):
     """The system prompt run once per optimizer step: the accumulated gradients equal the plain path's."""
-    from medqa.training import StepPrefix, common_prefix, target_only_loss
+    from medqa.training import StepPrefix, target_only_loss
 
-    cfg = build_config(None, {"model.name": str(qwen_dir), "lora.dropout": 0.0})
-    model, tok = load_model(cfg.model)
-    model = apply_lora(model, cfg.lora)
-    model.train()
-    feats, _ = build_features(PromptFormat(tok), load_demo()[:7], 512)
-    prefix = common_prefix(feats)
-    assert len(prefix) >= 16
-    collate = PadCollator(tok.pad_token_id)
-    micro = [collate(feats[:3]), collate(feats[3:4]), collate(feats[4:])]  # 1-row micro-batches use it too
+    from test_step_prefix import _setup  # the same model, prefix and micro-batches (1-row ones use it too)
+
+    model, prefix, micro = _setup(qwen_dir)
     n = sum(int((b["labels"] != -100).sum()) for b in micro)
 
     def step(**kw):
