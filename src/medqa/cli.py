@@ -189,7 +189,9 @@ def _train_main(ns: argparse.Namespace) -> int:
 
     cfg = _run_config(ns, {})
     r = recipes.run_train(cfg)
-    if int(os.environ.get("RANK", "0")) != 0:  # under torchrun / accelerate launch rank 0 reports
+    from medqa.hardware import launch_rank
+
+    if launch_rank() != 0:  # under torchrun / accelerate launch rank 0 reports
         return 0
     console = Console()
     console.print(json.dumps({k: r["train"][k] for k in ("steps", "train_loss", "seconds", "adapter")}))

@@ -76,6 +76,13 @@ def launch_position() -> tuple[int, int]:
     return int(os.environ.get("LOCAL_RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def launch_rank() -> int:
+    """The global RANK set by torchrun / accelerate launch (0 for a plain process), before any process group."""
+    import os
+
+    return int(os.environ.get("RANK", "0"))
+
+
 def _available() -> dict[str, int]:
     return {"cuda": torch.cuda.device_count() if torch.cuda.is_available() else 0,
             "mps": int(torch.backends.mps.is_available()),

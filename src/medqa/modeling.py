@@ -269,9 +269,11 @@ def fetch_adapter(adapter: str) -> Path:
         return d
     from huggingface_hub import snapshot_download
 
+    from medqa.calibrate import CALIBRATION_FILE
+
     try:
         return Path(snapshot_download(adapter, allow_patterns=[
-            "adapter_config.json", "adapter_model.safetensors", "calibration.json", ADAPTER_META]))
+            "adapter_config.json", "adapter_model.safetensors", CALIBRATION_FILE, ADAPTER_META]))
     except Exception as e:  # noqa: BLE001
         raise ModelError(f"cannot download the adapter '{adapter}': {str(e).splitlines()[0][:300]}") from None
 

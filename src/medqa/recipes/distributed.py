@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
-
-def launch_rank() -> int:
-    """The global RANK given by torchrun / accelerate launch (0 for a plain process), before any process group."""
-    return int(os.environ.get("RANK", "0"))
+from medqa.hardware import launch_position
 
 
 def rank() -> int:
@@ -21,8 +17,7 @@ def rank() -> int:
 
 def init_distributed(hw: Any) -> Any:
     """Under torchrun / accelerate launch (WORLD_SIZE > 1): join the process group, one device per rank."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
+    if launch_position()[1] <= 1 or (torch.distributed.is_available() and torch.distributed.is_initialized()):
         return hw
     backend = "nccl" if hw.backend in ("cuda", "rocm") else "gloo"
     if backend == "nccl":

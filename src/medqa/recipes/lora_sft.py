@@ -26,11 +26,11 @@ from medqa.config import RunConfig, apply_env
 from medqa.datasets import hash_order, load_dataset_config
 from medqa.errors import DataError
 from medqa.format import PromptFormat
-from medqa.hardware import detect
+from medqa.hardware import detect, launch_rank
 from medqa.hygiene import hold_out_by_content, mix, remove_leakage
 from medqa.io import atomic_write_json
 from medqa.modeling import apply_lora, describe, load_adapter, load_model, resolve_protocol
-from medqa.recipes.distributed import init_distributed, launch_rank, rank
+from medqa.recipes.distributed import init_distributed, rank
 from medqa.recipes.evaluation import evaluate_sets, evaluation_sets, load_eval_sets
 from medqa.training import prepare_run_dir
 

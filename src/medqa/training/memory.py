@@ -3,13 +3,12 @@ the early, advised refusal when it does not fit."""
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 
 from medqa.errors import ModelError
-from medqa.hardware import Hardware
+from medqa.hardware import Hardware, launch_position
 
 
 def available_memory(hw: Hardware) -> int:
@@ -79,7 +78,7 @@ def training_memory(model: Any, feats: list[dict[str, Any]], tc: Any, dtype: str
     mem = estimate_memory(model, tc.batch_size, longest, target_positions if tc.target_only_logits else longest,
                           tc.gradient_checkpointing, 4 if dtype == "float32" else 2, tc.lean_activations)
     if sharded_engine() is not None:  # FSDP / ZeRO-3: each GPU holds 1/world of the weights and optimizer state
-        world = int(os.environ.get("WORLD_SIZE", "1"))
+        world = launch_position()[1]
         for k in ("weights", "optimizer_and_grads"):
             mem[k] = -(-mem[k] // world)
         mem["total"] = mem["weights"] + mem["optimizer_and_grads"] + mem["activations"] + mem["logits"]
