@@ -155,4 +155,7 @@ def small_jsonl(tmp_path) -> Path:
 @pytest.fixture(autouse=True, scope="session")
 def _quiet_threads():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # in-process CLI calls leave the libraries' logging alone (tests/test_quiet.py checks the quiet default
+    # in subprocesses without this variable)
+    os.environ.setdefault("MEDQA_VERBOSE", "1")
     yield
