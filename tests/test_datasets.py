@@ -1,6 +1,7 @@
 """The datasets package as a whole: the demo set, the seeded split, `load_dataset_config`, the registry
 of dataset families, the names it exports, and that importing it pulls in nothing it should not."""
 
+import json
 import subprocess
 import sys
 from collections import Counter
@@ -188,3 +189,64 @@ def test_a_new_family_is_one_file(tmp_path):
                        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert r.returncode == 0, r.stderr[-1500:]
     assert r.stdout.strip() == "tinyqa"
+
+
+@pytest.mark.parametrize("name, family, subject", [
+    ("medmcqa", "medmcqa", None), ("medqa_4options", "medqa-usmle", None), ("pubmedqa", "pubmedqa", None),
+    ("mmlu_anatomy", "mmlu", "anatomy"), ("mmlu_medical", "mmlu", "medical"), ("medqa-usmle", "medqa-usmle", None),
+])
+def test_lm_eval_task_names_are_dataset_names(name, family, subject):
+    from medqa.config import DataConfig
+
+    d = DataConfig(dataset=name)
+    assert (d.dataset, d.subjects) == (family, subject)
+
+
+def test_a_task_name_and_another_subject_disagree():
+    from pydantic import ValidationError
+
+    from medqa.config import DataConfig
+
+    with pytest.raises(ValidationError, match="names the subject 'anatomy'"):
+        DataConfig(dataset="mmlu_anatomy", subjects="virology")
+    with pytest.raises(ValidationError, match="lm-eval task name"):
+        DataConfig(dataset="medqa_5options")
+
+
+def _pqal(path):
+    path.write_text(json.dumps({"21645374": {"QUESTION": "Do mitochondria play a role?", "CONTEXTS": ["a", "b"],
+                                             "final_decision": "yes", "LONG_ANSWER": "Yes."}}, indent=1))
+    return path
+
+
+@pytest.mark.parametrize("given", ["medqa-usmle", "medmcqa", "jsonl"])
+def test_a_file_of_another_family_names_the_likely_dataset(tmp_path, given):
+    from medqa.datasets import load_named
+
+    with pytest.raises(DataError, match=r"looks like PubMedQA data.*try --dataset pubmedqa") as e:
+        load_named(given, str(_pqal(tmp_path / "ori_pqal.json")))
+    assert "ori_pqal.json" in str(e.value)
+
+
+@pytest.mark.parametrize("row, family", [
+    ({"question": "q", "opa": "a", "opb": "b", "opc": "c", "opd": "d", "cop": 1}, "medmcqa"),
+    ({"question": "q", "options": {"A": "a", "B": "b"}, "answer_idx": "A", "answer": "a"}, "medqa-usmle"),
+    ({"question": "q", "choices": ["a", "b"], "answer": 0, "subject": "anatomy"}, "mmlu"),
+    ({"pubid": 1, "question": "q", "context": {}, "final_decision": "no"}, "pubmedqa"),
+    ({"question": "q", "A": "a", "B": "b", "answer": "A"}, None),
+])
+def test_sniffing_reads_each_familys_columns(tmp_path, row, family):
+    from medqa.datasets.sniff import sniff_family
+
+    p = tmp_path / "f.jsonl"
+    p.write_text(json.dumps(row) + "\n")
+    assert sniff_family(str(p)) == family
+
+
+def test_mmlu_csv_given_as_csv_is_named(tmp_path):
+    from medqa.datasets import load_named
+
+    p = tmp_path / "anatomy_test.csv"
+    p.write_text("What is the heart?,An organ,A bone,A nerve,A vessel,A\n")
+    with pytest.raises(DataError, match="try --dataset mmlu"):
+        load_named("csv", str(p))

@@ -195,7 +195,8 @@ def add_inspect_parser(subparsers: Any) -> argparse.ArgumentParser:
     from medqa.flags import add_config_arguments
 
     p = subparsers.add_parser("inspect", help="counts, gold letters, duplicates, leakage, lengths of a dataset")
-    p.add_argument("--dataset", choices=dataset_names(), help="dataset family (loader; default: the config's, medmcqa)")
+    p.add_argument("--dataset", help=f"dataset family ({', '.join(dataset_names())}) or an lm-eval task name "
+                   "(medqa_4options, mmlu_<subject>); default: the config's, medmcqa")
     p.add_argument("--data", help="file, folder or Hub id (not needed for demo)")
     p.add_argument("--split", help="split (Hub split; pubmedqa: test|train; mmlu: test|dev|val)")
     p.add_argument("--subset", help="mmlu: one subject or 'medical' (all six)")

@@ -31,9 +31,11 @@ from medqa.datasets.registry import (
     DatasetFamily,
     dataset_names,
     get_family,
+    lm_eval_task_name,
     load_dataset_config,
     load_named,
     register,
+    resolve_task_name,
 )
 from medqa.datasets.splits import hash_order, split_train_heldout
 
@@ -66,5 +68,5 @@ __all__ = [
     "hash_order", "split_train_heldout",
     # registry
     "DATASETS", "DATASET_NAMES", "DatasetFamily", "dataset_names", "get_family", "register",
-    "load_named", "load_dataset_config",
+    "load_named", "load_dataset_config", "resolve_task_name", "lm_eval_task_name",
 ]

@@ -8,8 +8,9 @@ module with its loader and one `DatasetFamily(...)` line below (or `register(...
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,6 +22,7 @@ from medqa.datasets.mmlu import load_mmlu
 from medqa.datasets.pubmedqa import load_pubmedqa
 from medqa.datasets.readers import check_on_bad_rows
 from medqa.datasets.record import LoadReport, MCQRecord
+from medqa.datasets.sniff import sniff_family
 from medqa.datasets.splits import hash_order, split_train_heldout
 from medqa.errors import DataError
 from medqa.hygiene import apply_multi_policy, clean_records
@@ -104,6 +106,30 @@ for _family in (
     register(_family)
 
 
+# lm-evaluation-harness task names accepted as dataset names (and written back in results.json)
+LM_EVAL_TASKS = {"medmcqa": "medmcqa", "medqa_4options": "medqa-usmle", "pubmedqa": "pubmedqa"}
+
+
+def resolve_task_name(name: str) -> tuple[str, str | None]:
+    """(family, MMLU subject or None) for a family name or an lm-eval task name: `medqa_4options` is
+    medqa-usmle, `mmlu_<subject>` is mmlu with that subject (`mmlu_medical`: MedQA's six medical subjects)."""
+    if name in DATASETS:
+        return name, None
+    if name in LM_EVAL_TASKS:
+        return LM_EVAL_TASKS[name], None
+    if name.startswith("mmlu_") and len(name) > len("mmlu_"):
+        return "mmlu", name[len("mmlu_"):]
+    get_family(name)  # the error listing the names there are
+    raise AssertionError("unreachable")
+
+
+def lm_eval_task_name(family: str, subject: str | None = None) -> str | None:
+    """The lm-eval task a family (and MMLU subject) corresponds to, or None (local files, the demo set)."""
+    if family == "mmlu":
+        return f"mmlu_{subject}" if subject and subject != "medical" else None
+    return {v: k for k, v in LM_EVAL_TASKS.items()}.get(family)
+
+
 def dataset_names() -> tuple[str, ...]:
     """The registered family names, in registration order."""
     return tuple(DATASETS)
@@ -132,13 +158,29 @@ def load_named(
     (question, options, answer, answer_format, explanation, subject, id, topic, delimiter).
     """
     check_on_bad_rows(on_bad_rows)
-    return get_family(name).load(path, split=split, subset=subset, on_bad_rows=on_bad_rows, **opts)
+    family = get_family(name)
+    with _suggest_family(family, path):
+        return family.load(path, split=split, subset=subset, on_bad_rows=on_bad_rows, **opts)
+
+
+@contextlib.contextmanager
+def _suggest_family(family: DatasetFamily, path: str | None) -> Iterator[None]:
+    """A data error on a local file that clearly belongs to another family names that family's --dataset."""
+    try:
+        yield
+    except DataError as e:
+        likely = sniff_family(path) if path and family.needs_path else None
+        if likely is None or likely == family.name or likely not in DATASETS:
+            raise
+        raise DataError(e.source, e.row, e.field, f"{e.message} (the file looks like {DATASETS[likely].title} "
+                        f"data, not {family.title}: try --dataset {likely})") from None
 
 
 def load_dataset_config(cfg: Any, default_split: str) -> tuple[list[MCQRecord], LoadReport]:
     """Load what a `DataConfig` describes: dataset, file or Hub id, subset of the seeded split, limit."""
     family = get_family(cfg.dataset)
-    records, report = family.load(cfg.path, on_bad_rows=cfg.on_bad_rows, **family.from_config(cfg, default_split))
+    with _suggest_family(family, cfg.path):
+        records, report = family.load(cfg.path, on_bad_rows=cfg.on_bad_rows, **family.from_config(cfg, default_split))
     if cfg.clean:
         records, _ = clean_records(records)
     records, _ = apply_multi_policy(records, cfg.multi_policy)
