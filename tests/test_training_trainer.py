@@ -113,3 +113,79 @@ def test_accelerate_launch_configs_load():
     assert got["deepspeed_zero3"].deepspeed_config["zero_stage"] == 3
     assert got["multi_node"].num_machines == 2 and got["multi_node"].num_processes == 16
     assert all(c.mixed_precision == "no" for c in got.values())  # the model is loaded in bf16/fp16 by MedQA
+
+
+def _fake_liger(monkeypatch, calls):
+    """liger-kernel as far as MedQA uses it, on the CPU: its fused linear-cross-entropy by PyTorch's maths."""
+    import importlib.machinery
+    import sys
+    import types
+
+    def liger_fused_linear_cross_entropy(h, w, target, ignore_index=-100, reduction="mean", **kw):
+        calls.append((tuple(h.shape), reduction, ignore_index))
+        return torch.nn.functional.cross_entropy(torch.nn.functional.linear(h, w).float(), target,
+                                                 ignore_index=ignore_index, reduction=reduction)
+
+    for name in ("liger_kernel", "liger_kernel.transformers", "liger_kernel.transformers.functional"):
+        mod = types.ModuleType(name)
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        monkeypatch.setitem(sys.modules, name, mod)
+    sys.modules["liger_kernel.transformers.functional"].liger_fused_linear_cross_entropy = \
+        liger_fused_linear_cross_entropy
+
+
+def test_liger_path_runs_liger_fused_loss_on_target_positions(qwen_dir, tmp_path, monkeypatch):
+    """Issue 16.2 on a CPU with the device and package probes faked: the liger path sets the Trainer's
+    use_liger_kernel (with Liger's loss-computing forward off), never applies MedQA's lean patches, computes
+    the loss through Liger's fused linear-cross-entropy on the target positions only, and gives the lean
+    path's loss curve."""
+    import transformers.trainer
+
+    import medqa.kernels as kernels
+    import medqa.training.memory as memory
+    from medqa.hardware import Hardware
+
+    over = {"lora.dropout": 0.0, "train.lr": 1e-2}
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "lean", **over)
+    lean = train(cfg, model, tok, load_demo()[:8], progress=False)
+    assert lean["kernels"]["path"] == "lean" and lean["kernels"]["fused_loss"] == "lean"
+    assert lean["kernels"]["use_liger_kernel"] is False and lean["lean_activations"]["swiglu_mlp"] == 2
+
+    calls, applied = [], []
+    _fake_liger(monkeypatch, calls)
+    monkeypatch.setattr(kernels, "installed_kernels", lambda: {"liger_kernel": "0.8.5", "flash_attn": None})
+    monkeypatch.setattr(transformers.trainer, "apply_liger_kernel", lambda m, config: applied.append(config))
+    monkeypatch.setattr(memory, "available_memory", lambda hw: 2**40)
+    gpu = Hardware("cuda", "cpu", "Fake GPU", "float32", False, False)  # fp32: the same maths as the CPU run
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "liger", **over, **{"train.kernels": "liger"})
+    s = train(cfg, model, tok, load_demo()[:8], hw=gpu, progress=False)
+    assert applied == [{"fused_linear_cross_entropy": False, "cross_entropy": False}]
+    assert s["kernels"]["path"] == "liger" and s["kernels"]["use_liger_kernel"] is True
+    assert s["kernels"]["fused_loss"] == "liger" and s["kernels"]["attention"] == "sdpa"
+    assert s["lean_activations"] == {"fused_head": False}  # nothing of medqa.lean patched
+    assert len(calls) == s["steps"] * cfg.train.grad_accum and {c[1:] for c in calls} == {("sum", -100)}
+    assert sum(c[0][0] for c in calls) == s["computed"]["logit_positions"]  # target positions only
+    assert s["train_loss"] == pytest.approx(lean["train_loss"], rel=1e-4)
+    assert "- kernels: liger, attention sdpa, fused head and loss: liger" in \
+        (tmp_path / "liger" / "train_report.md").read_text()
+
+
+def test_plain_kernels_patch_nothing(qwen_dir, tmp_path):
+    cfg, model, tok = _tiny_run(qwen_dir, tmp_path / "plain", **{"train.kernels": "plain"})
+    s = train(cfg, model, tok, load_demo()[:8], progress=False)
+    assert s["kernels"]["path"] == "plain" and s["kernels"]["fused_loss"] is None
+    assert s["lean_activations"] == {"fused_head": False}  # nothing of medqa.lean patched
+
+
+def test_tracking_auto_uses_tensorboard_only_when_installed(monkeypatch, capsys):
+    import importlib.util
+
+    from medqa.training import trainer
+
+    real = importlib.util.find_spec
+    assert trainer.installed_trackers(["auto"]) == ["tensorboard"]  # the dev extra installs it
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name.startswith("tensorboard") else real(name, *a))
+    assert trainer.installed_trackers(["auto"]) == [] and capsys.readouterr().out == ""  # silently: optional
+    assert trainer.installed_trackers(["tensorboard"]) == []
+    assert "not installed" in capsys.readouterr().out  # asked for by name: said

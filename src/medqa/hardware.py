@@ -134,11 +134,9 @@ ROCM_VARS = ("HIP_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HSA_OVERRIDE_GFX_VE
 ROCM_SUPPORTED = ("gfx90a", "gfx942", "gfx950", "gfx1100", "gfx1101", "gfx1200", "gfx1201", "gfx908")
 
 
-def _attention() -> dict[str, bool]:
-    import importlib.util
-
+def _attention(flash_attn: bool) -> dict[str, bool]:
     out = {"sdpa": hasattr(torch.nn.functional, "scaled_dot_product_attention"),
-           "flash_attention_2": importlib.util.find_spec("flash_attn") is not None,
+           "flash_attention_2": flash_attn,
            "eager": True}
     if torch.cuda.is_available():
         out["sdpa_flash_kernel"] = bool(torch.backends.cuda.flash_sdp_enabled())
@@ -146,18 +144,29 @@ def _attention() -> dict[str, bool]:
 
 
 def doctor() -> dict:
-    """Everything a user needs to know about this machine before training, with advice."""
+    """Everything a user needs to know about this machine before training, with advice.
+
+    `kernels`: liger-kernel and flash-attn versions (None: not installed); `training_path`: what training
+    the default model on the selected device would use (medqa.kernels.training_kernels)."""
     import os
     import platform
 
+    from medqa import kernels
+    from medqa.config import DEFAULT_MODEL
+
+    selected = detect()
+    installed = kernels.installed_kernels()
+    plan = kernels.training_kernels(selected, kernels.DEFAULT_MODEL_TYPE, installed=installed)
     report: dict = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "torch_hip": getattr(torch.version, "hip", None),
         "torch_cuda": torch.version.cuda,
-        "selected": detect().as_dict(),
+        "selected": selected.as_dict(),
         "devices": [],
-        "attention": _attention(),
+        "attention": _attention(kernels.at_least(installed["flash_attn"], kernels.FLASH_ATTN_MIN)),
+        "kernels": installed,
+        "training_path": {"model": DEFAULT_MODEL, "model_type": kernels.DEFAULT_MODEL_TYPE} | plan.as_dict(),
         "env": {k: os.environ[k] for k in ROCM_VARS if k in os.environ},
         "advice": [],
     }
@@ -185,13 +194,23 @@ def doctor() -> dict:
     if hip and "CUDA_VISIBLE_DEVICES" in os.environ and "HIP_VISIBLE_DEVICES" not in os.environ:
         report["advice"].append("On ROCm prefer HIP_VISIBLE_DEVICES (CUDA_VISIBLE_DEVICES is honoured too, but "
                                 "ROCR_VISIBLE_DEVICES/HIP_VISIBLE_DEVICES are what ROCm tools read).")
-    if report["devices"] and not report["attention"]["flash_attention_2"] and torch.cuda.is_available():
-        report["advice"].append("flash-attn is not installed: SDPA is used (fine); install flash-attn for "
-                                "padding-free training with the flash_attention_2 implementation.")
+    if selected.backend in kernels.GPU_BACKENDS:
+        if installed["liger_kernel"] is None:
+            report["advice"].append("liger-kernel is not installed: training uses MedQA's lean autograd (fine); "
+                                    f"{kernels.LIGER_FIX} for Liger's Triton kernels (fused RMSNorm, RoPE, SwiGLU "
+                                    "and linear-cross-entropy).")
+        elif not kernels.at_least(installed["liger_kernel"], kernels.LIGER_MIN):
+            report["advice"].append(f"liger-kernel {installed['liger_kernel']} is older than {kernels.LIGER_MIN}: "
+                                    f"not used; pip install -U liger-kernel")
+        if not report["attention"]["flash_attention_2"]:
+            report["advice"].append("flash-attn is not installed: SDPA is used (fine); "
+                                    f"{kernels.FLASH_FIX} for padding-free training with flash_attention_2.")
     return report
 
 
 def format_doctor(r: dict) -> str:
+    from medqa.kernels import PATH_NAMES
+
     lines = [f"torch {r['torch']}" + (f" (ROCm/HIP {r['torch_hip']})" if r["torch_hip"] else "")
              + (f" (CUDA {r['torch_cuda']})" if r["torch_cuda"] else ""),
              f"selected: {r['selected']['backend']} {r['selected']['device']} ({r['selected']['name']}), "
@@ -201,6 +220,15 @@ def format_doctor(r: dict) -> str:
         lines.append(f"  device {d['index']}: {d['name']} [{d['arch']}]{mem}, bf16 {'yes' if d['bf16'] else 'no'}, "
                      f"fp16 {'yes' if d['fp16'] else 'no'}")
     lines.append("attention: " + ", ".join(k for k, v in r["attention"].items() if v))
+    if "kernels" in r:
+        lines.append("kernels: " + ", ".join(f"{name} {r['kernels'][key] or 'not installed'}" for key, name in
+                                             (("liger_kernel", "liger-kernel"), ("flash_attn", "flash-attn"))))
+    if "training_path" in r:
+        t = r["training_path"]
+        batching = "padding-free" if t["batching"] == "padding_free" else "padded (balanced)"
+        lines.append(f"training path ({t['model']}, {t['model_type']}): kernels {t['path']} "
+                     f"({PATH_NAMES.get(t['path'], t['path'])}: {t['reason']}), attention {t['attention']}, "
+                     f"{batching} batching")
     lines.append("environment: " + (", ".join(f"{k}={v}" for k, v in r["env"].items()) or "no ROCm/CUDA device variables set"))
     lines += [f"advice: {a}" for a in r["advice"]]
     return "\n".join(lines)

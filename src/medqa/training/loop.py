@@ -6,7 +6,9 @@ What makes it fast (see BENCHMARKS.md, `benchmarks/train_speed.py`):
     non-padding tokens is measured and reported (medqa.training.collate);
   * target-only logits: the vocabulary projection runs only where a target token is predicted
     (the answer and its explanation), not on every prompt position (medqa.training.prefix);
-  * no gradient checkpointing unless asked (it recomputes the forward pass to save memory).
+  * no gradient checkpointing unless asked (it recomputes the forward pass to save memory);
+  * kernels: Liger's Triton kernels on CUDA/ROCm where liger-kernel supports the model, else MedQA's
+    lean autograd (medqa.kernels; `train.kernels`), recorded in train_summary.json.
 
 The run directory gets:
   adapter/            the LoRA adapter (safetensors) and the tokenizer (the best one, with eval_size)
@@ -32,6 +34,7 @@ from medqa.datasets import MCQRecord
 from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect
 from medqa.io import atomic_write_json, atomic_write_text
+from medqa.kernels import training_kernels
 from medqa.lean import lean_training
 from medqa.modeling import resolve_base, resolve_protocol
 from medqa.training.checkpoints import resume_point, run_identity, save_adapter
@@ -59,10 +62,15 @@ def train(cfg: RunConfig, model: Any, tokenizer: Any, records: list[MCQRecord], 
     feats, stats = build_features(fmt, records, tc.max_length, tc.completion_only_loss)
     batching = resolve_batching(tc.batching, model)
     dtype = str(next(model.parameters()).dtype).replace("torch.", "")
+    # liger (Liger's Triton kernels), lean (medqa.lean) or plain, for the attention the model was loaded with
+    config = getattr(model, "config", None)
+    kernels = training_kernels(hw, getattr(config, "model_type", None), dtype, tc.kernels,
+                               attn_implementation=getattr(config, "_attn_implementation", None) or None,
+                               lean=tc.lean_activations)
     mem = training_memory(model, feats, tc, dtype, hw)
     dataset = Dataset.from_list(feats)
     args = TrainingArguments(**training_kwargs(tc, out, dtype, hw, batching, installed_trackers(tc.report_to),
-                                               progress))
+                                               progress, kernels))
     identity = run_identity(cfg)
     resume_from, start_step = resume_point(out, tc.resume, identity)
     collator = FlatCollator() if batching == "padding_free" else PadCollator(tokenizer.pad_token_id)
@@ -76,11 +84,13 @@ def train(cfg: RunConfig, model: Any, tokenizer: Any, records: list[MCQRecord], 
         token_counter=collator, target_only_logits=tc.target_only_logits, share_prefix=share,
         # the system prompt and template every example starts with: once per optimizer step
         step_prefix=StepPrefix(common_prefix(feats)) if share else None,
-        fused_head=tc.lean_activations and not tc.torch_compile, run_identity=identity,
+        # the head and cross-entropy fused by the kernel path (Liger's kernel or medqa.lean's); none for plain
+        fused_head=kernels.path if kernels.path != "plain" and not tc.torch_compile else False,
+        run_identity=identity,
         tensorboard_dir=out / "tensorboard")
     if held_out is not None:
         held_out.trainer = trainer
-    lean = lean_training(model) if tc.lean_activations else contextlib.nullcontext({})
+    lean = lean_training(model) if kernels.path == "lean" else contextlib.nullcontext({})
     t = time.perf_counter()
     with lean as lean_patched:
         result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -92,7 +102,7 @@ def train(cfg: RunConfig, model: Any, tokenizer: Any, records: list[MCQRecord], 
                      meta={"base_model": resolve_base(cfg.model), "protocol": fmt.protocol})
     summary = train_summary(cfg, hw, model, trainer, fmt=fmt, batching=batching, dtype=dtype, feats=feats,
                             stats=stats, mem=mem, result=result, seconds=seconds, start_step=start_step,
-                            lean_patched=lean_patched, best=best, adapter_dir=adapter_dir)
+                            lean_patched=lean_patched, best=best, adapter_dir=adapter_dir, kernels=kernels)
     if trainer.is_world_process_zero():
         atomic_write_json(out / "train_summary.json", summary)
         write_train_report(out, summary)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from medqa.errors import ModelError
-from medqa.hardware import Hardware, launch_position
+from medqa.hardware import Hardware, launch_position, launch_rank
 
 
 def available_memory(hw: Hardware) -> int:
@@ -53,14 +53,18 @@ def estimate_memory(model: Any, batch_size: int, seq_len: int, logit_positions: 
     return parts
 
 
+def describe_memory(estimate: dict[str, int]) -> str:
+    gib = 2**30
+    return (f"training needs about {estimate['total'] / gib:.1f} GiB (weights {estimate['weights'] / gib:.1f}, "
+            f"activations {estimate['activations'] / gib:.1f}, logits {estimate['logits'] / gib:.1f})")
+
+
 def check_memory(estimate: dict[str, int], free: int, device: str) -> None:
     gib = 2**30
     if estimate["total"] <= 0.9 * free:
         return
     raise ModelError(
-        f"training needs about {estimate['total'] / gib:.1f} GiB (weights {estimate['weights'] / gib:.1f}, activations "
-        f"{estimate['activations'] / gib:.1f}, logits {estimate['logits'] / gib:.1f}) but {device} has "
-        f"{free / gib:.1f} GiB free. Lower train.batch_size (raise train.grad_accum to keep the effective batch), "
+        f"{describe_memory(estimate)} but {device} has {free / gib:.1f} GiB free. Lower train.batch_size (raise train.grad_accum to keep the effective batch), "
         "set train.gradient_checkpointing true, lower train.max_length, or on a GPU use model.load_in_4bit true "
         "(QLoRA). train.memory_check false skips this check"
     )
@@ -86,4 +90,6 @@ def training_memory(model: Any, feats: list[dict[str, Any]], tc: Any, dtype: str
     mem["free"] = available_memory(hw)
     if tc.memory_check:
         check_memory(mem, mem["free"], hw.device)
+    if launch_rank() == 0:
+        print(f"medqa: {describe_memory(mem)}; {mem['free'] / 2**30:.1f} GiB free on {hw.device}", flush=True)
     return mem

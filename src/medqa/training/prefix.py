@@ -144,7 +144,7 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
                      share_prefix: bool = False, prefix_model: Any = None,
                      work: dict[str, int] | None = None, step_prefix: StepPrefix | None = None,
                      last_in_step: bool = True, step: Any = None, scale: float = 1.0,
-                     fused_head: bool = False) -> torch.Tensor:
+                     fused_head: bool | str = False) -> torch.Tensor:
     """Causal-LM cross-entropy computing the vocabulary logits only at positions that predict a target
     token (`logits_to_keep` with the positions, shared by the rows of the batch). Equal to the model's
     own loss; normalised by `num_items_in_batch` (all target tokens of the accumulated batch) when given.
@@ -161,7 +161,8 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
     whole step), which is equal in expectation but not draw for draw (see StepPrefix).
     `scale` multiplies the loss (e.g. by the number of processes under DDP, which averages gradients).
     `fused_head`: with a plain frozen vocabulary head, the head and the cross-entropy run as one chunked
-    function that keeps no logits (medqa.lean.LinearCrossEntropy).
+    function that keeps no logits: medqa.lean.LinearCrossEntropy (True or "lean"), or Liger's fused
+    linear-cross-entropy kernel ("liger", medqa.kernels.liger_linear_cross_entropy).
     `work` accumulates what was computed: token positions run through the model, logit positions."""
     inputs = dict(inputs)
     inputs.setdefault("use_cache", False)
@@ -182,7 +183,8 @@ def target_only_loss(model: Any, inputs: dict[str, Any], num_items_in_batch: Any
         work["logit_positions"] = work.get("logit_positions", 0) + (
             int((targets[:, keep] != -100).sum()) if fused_head else rows * len(keep))
     gold = targets[:, keep]
-    loss = _summed_loss(model, plain_frozen_head(runner) if fused_head else None, inputs, keep_in, gold)
+    loss = _summed_loss(model, plain_frozen_head(runner) if fused_head else None, inputs, keep_in, gold,
+                        liger=fused_head == "liger")
     loss = loss / ((gold != -100).sum().clamp(min=1) if num_items_in_batch is None else num_items_in_batch)
     if scale != 1.0:
         loss = loss * scale
@@ -220,16 +222,21 @@ def _prefix_cache(runner: Any, inputs: dict[str, Any], keep: torch.Tensor, share
     return p, ran, earlier, cache
 
 
-def _summed_loss(model: Any, head: Any, inputs: dict[str, Any], keep_in: torch.Tensor, gold: torch.Tensor
-                 ) -> torch.Tensor:
+def _summed_loss(model: Any, head: Any, inputs: dict[str, Any], keep_in: torch.Tensor, gold: torch.Tensor,
+                 liger: bool = False) -> torch.Tensor:
     """The summed cross-entropy of the `gold` tokens predicted at positions `keep_in`: through the fused
-    head and cross-entropy when `head` (a plain frozen head) is given, else from the model's logits there."""
+    head and cross-entropy when `head` (a plain frozen head) is given (Liger's kernel with `liger`), else
+    from the model's logits there."""
     if head is not None:
         with head_passthrough(head):  # the model's "logits" are its final hidden states at the kept positions
             hidden = model(**inputs, logits_to_keep=keep_in).logits
         rows_with_target = gold.reshape(-1) != -100  # positions kept for one row need not be targets of all
-        return LinearCrossEntropy.apply(hidden.reshape(-1, hidden.shape[-1])[rows_with_target].to(head.weight.dtype),
-                                        head.weight, gold.reshape(-1)[rows_with_target])
+        h = hidden.reshape(-1, hidden.shape[-1])[rows_with_target].to(head.weight.dtype)
+        if liger:
+            from medqa import kernels
+
+            return kernels.liger_linear_cross_entropy(h, head.weight, gold.reshape(-1)[rows_with_target])
+        return LinearCrossEntropy.apply(h, head.weight, gold.reshape(-1)[rows_with_target])
     try:
         logits = model(**inputs, logits_to_keep=keep_in).logits.float()
     except TypeError:  # an architecture without logits_to_keep: all logits, then the kept positions

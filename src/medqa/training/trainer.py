@@ -21,6 +21,7 @@ from transformers import Trainer, TrainerCallback
 
 from medqa.config import RunConfig
 from medqa.hardware import Hardware
+from medqa.kernels import KernelPlan, liger_kernel_config
 from medqa.training.checkpoints import RUN_FILE
 from medqa.training.collate import TokenCounter, seeded_length_sampler
 from medqa.training.prefix import StepPrefix, target_only_loss
@@ -33,15 +34,15 @@ class MedQATrainer(Trainer):
     `token_counter`: the collator, whose token counts are logged. `target_only_logits`: the loss of
     `target_only_loss`, else the model's own. `share_prefix`: the prefix rows share run once per batch
     (not under FSDP / DeepSpeed), and `step_prefix` once per optimizer step. `fused_head`: the head and
-    cross-entropy fused (medqa.lean). `run_identity`: written into every checkpoint. `tensorboard_dir`:
-    where TensorBoard events go."""
+    cross-entropy fused, by medqa.lean (True or "lean") or by Liger's kernel ("liger", medqa.kernels).
+    `run_identity`: written into every checkpoint. `tensorboard_dir`: where TensorBoard events go."""
 
     def __init__(self, *args: Any, token_counter: TokenCounter | None = None, target_only_logits: bool = True,
-                 share_prefix: bool = False, step_prefix: StepPrefix | None = None, fused_head: bool = False,
+                 share_prefix: bool = False, step_prefix: StepPrefix | None = None, fused_head: bool | str = False,
                  run_identity: dict[str, Any] | None = None, tensorboard_dir: Path | None = None, **kwargs: Any):
         self.token_counter = token_counter
         self.target_only_logits = target_only_logits
-        self.fused_head = fused_head
+        self.fused_head = "lean" if fused_head is True else fused_head
         self.run_identity = run_identity
         self.work: dict[str, int] = {}  # positions run through the model and given logits (target_only_loss)
         self._last_log: tuple[float, int] | None = None
@@ -147,12 +148,17 @@ class MetricsLog(TrainerCallback):
 
 
 def installed_trackers(requested: list[str]) -> list[str]:
-    """Trackers that are installed; a missing one is named, not a crash deep in the Trainer."""
+    """Trackers that are installed; a missing one is named, not a crash deep in the Trainer. "auto":
+    TensorBoard when it is installed (the `tracking` extra), silently nothing otherwise."""
     packages = {"tensorboard": ("tensorboard", "tensorboardX"), "mlflow": ("mlflow",), "trackio": ("trackio",),
                 "wandb": ("wandb",)}
     out = []
     for r in requested:
         if r == "none":
+            continue
+        if r == "auto":
+            if any(importlib.util.find_spec(m) for m in packages["tensorboard"]) and "tensorboard" not in out:
+                out.append("tensorboard")
             continue
         if not any(importlib.util.find_spec(m) for m in packages.get(r, (r,))):
             print(f"medqa: train.report_to {r}: the package is not installed, skipping it", flush=True)
@@ -182,8 +188,9 @@ def zero3_loading(cfg: RunConfig, hw: Hardware) -> Any:
 
 
 def training_kwargs(tc: Any, out: Path, dtype: str, hw: Hardware, batching: str, report_to: list[str],
-                    progress: bool) -> dict[str, Any]:
-    """TrainingArguments for `train` settings `tc` (checkpoints in OUT/checkpoints)."""
+                    progress: bool, kernels: KernelPlan | None = None) -> dict[str, Any]:
+    """TrainingArguments for `train` settings `tc` (checkpoints in OUT/checkpoints); `kernels`: the run's
+    kernel path (medqa.kernels.training_kernels), whose liger path sets the Trainer's `use_liger_kernel`."""
     kwargs = dict(
         output_dir=str(out / "checkpoints"),
         num_train_epochs=tc.epochs,
@@ -211,4 +218,7 @@ def training_kwargs(tc: Any, out: Path, dtype: str, hw: Hardware, batching: str,
         dataloader_num_workers=0,
         disable_tqdm=not progress,
     )
+    if kernels is not None and kernels.use_liger_kernel:
+        kwargs["use_liger_kernel"] = True
+        kwargs["liger_kernel_config"] = liger_kernel_config(tc.target_only_logits)
     return kwargs
