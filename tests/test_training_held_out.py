@@ -31,6 +31,8 @@ def test_eval_during_training_keeps_the_best_adapter_and_stops_early(qwen_dir, t
     assert all(torch.equal(saved[k], kept[k]) for k in saved)  # the saved adapter is the best one
     logs = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [e["step"] for e in logs if "eval_accuracy" in e] == [h["step"] for h in hist]
+    # logging the held-out score does not swallow the step's own log line (loss at every logging step)
+    assert [e["step"] for e in logs if "loss" in e] == list(range(1, summary["steps"] + 1))
     assert (run / "train_curves.png").stat().st_size > 5000
     assert "best held-out accuracy" in (run / "train_report.md").read_text()
     assert list((run / "tensorboard").glob("events.out.tfevents.*"))

@@ -81,7 +81,9 @@ class HeldOutEval:
                 if any(h["step"] == state.global_step for h in outer.state["history"]):
                     return control  # already scored before a resume
                 metrics = outer.score(model)
+                should_log = control.should_log  # Trainer.log resets it: the step's own log line must still come
                 outer.trainer.log(dict(metrics))
+                control.should_log = should_log
                 acc = metrics["eval_accuracy"]
                 outer.state["history"].append({"step": state.global_step, **metrics})
                 if acc > outer.state["accuracy"]:
