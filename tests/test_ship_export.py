@@ -58,6 +58,64 @@ def test_export_merged_matches_base_plus_adapter(run_dir, qwen_dir, tmp_path):
     assert max(np.abs(a - b).max() for a, b in zip(pm, pb)) > 1e-3
 
 
+_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+
+
+def _is_pickle(f: Path) -> bool:
+    """A pickle by name, or by content: a raw pickle stream (protocol 2+) or torch.save's zip archive. A
+    .safetensors file must parse as safetensors (its 8-byte header length could look like a pickle opcode)."""
+    if f.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(f), "pt") as st:
+            return not list(st.keys())
+    head = f.read_bytes()[:4]
+    return f.suffix in _PICKLE_SUFFIXES or (head[:1] == b"\x80" and 2 <= head[1] <= 5) or head == b"PK\x03\x04"
+
+
+def test_merged_export_loads_in_plain_transformers(run_dir, qwen_dir, tmp_path):
+    """Issue 16.4b: the merged folder loads with plain `AutoModelForCausalLM` / `AutoTokenizer.from_pretrained`
+    (no missing or unexpected weights, the chat template included, no pickle anywhere) and gives the letter
+    probabilities of base + adapter loaded with plain PEFT (float32: merge rounding only, within 1e-4)."""
+    import numpy as np
+    import torch
+    from peft import PeftModel
+    from test_inference import _plain_letter_probs
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from medqa.datasets import LETTERS, load_demo
+    from medqa.format import messages
+
+    out = tmp_path / "merged"
+    export.export_merged(run_dir, out, shard_size="10MB", echo=None)
+    assert [f.relative_to(out).as_posix() for f in out.rglob("*") if f.is_file() and _is_pickle(f)] == []
+    assert any(f.suffix == ".safetensors" for f in out.iterdir())
+
+    merged, info = AutoModelForCausalLM.from_pretrained(str(out), output_loading_info=True)
+    assert {k: v for k, v in info.items() if v} == {}, info  # every weight found, none left over
+    assert merged.dtype == torch.float32 and merged.config.model_type == "qwen3"
+    tok = AutoTokenizer.from_pretrained(str(out))
+    adapter_tok = AutoTokenizer.from_pretrained(str(run_dir / "adapter"))
+    assert tok.chat_template and tok.chat_template == adapter_tok.chat_template
+
+    records = load_demo()[:6]
+
+    def render(t, rec):
+        return t.apply_chat_template(messages(rec), tokenize=False, add_generation_prompt=True, enable_thinking=False)
+
+    prompts = [render(tok, rec) for rec in records]
+    assert prompts == [render(adapter_tok, rec) for rec in records]
+    letters = [LETTERS[: len(rec.options)] for rec in records]
+    merged.eval()
+    got = [_plain_letter_probs(merged, tok, p, L) for p, L in zip(prompts, letters)]
+    base = AutoModelForCausalLM.from_pretrained(str(qwen_dir)).eval()
+    plain_base = [_plain_letter_probs(base, adapter_tok, p, L) for p, L in zip(prompts, letters)]
+    peft = PeftModel.from_pretrained(base, str(run_dir / "adapter")).eval()
+    want = [_plain_letter_probs(peft, adapter_tok, p, L) for p, L in zip(prompts, letters)]
+    assert max(np.abs(a - b).max() for a, b in zip(got, want)) <= 1e-4
+    assert max(np.abs(a - b).max() for a, b in zip(got, plain_base)) > 1e-3  # the adapter was merged in
+
+
 def test_export_fails_loudly_and_writes_nothing(run_dir, tmp_path, monkeypatch):
     import torch
 

@@ -195,3 +195,153 @@ def test_space_export_force_replaces_a_previous_space_atomically(tmp_path, qwen_
     assert (out / "app.py").is_file() and not (out / "stale.txt").exists() and not (out / "adapter").exists()
     assert (out / ".git" / "HEAD").read_text() == "ref: refs/heads/main\n"  # the Space's git checkout is kept
     assert sorted(p.name for p in tmp_path.iterdir()) == ["space"]
+
+
+# ----------------------------------------------------------------------------- the Space on its own (issue 16.4c)
+
+_NO_INDEX = ("Could not fetch URL", "NewConnectionError", "Temporary failure in name resolution",
+             "Failed to establish a new connection", "Network is unreachable", "ConnectTimeoutError",
+             "Max retries exceeded", "No route to host")
+
+
+def _pip_install(python: Path, args: list[str], log: Path) -> None:
+    """`python -m pip install ARGS`; skips only when no package index answers, fails on anything else."""
+    proc = subprocess.run([str(python), "-m", "pip", "install", "--no-input", *args], capture_output=True, text=True,
+                          timeout=1800)
+    log.write_text(proc.stdout + proc.stderr, encoding="utf-8")
+    if proc.returncode != 0:
+        if any(m in proc.stdout + proc.stderr for m in _NO_INDEX):
+            pytest.skip(f"pip cannot reach a package index: {(proc.stderr or proc.stdout).strip().splitlines()[-1]}")
+        pytest.fail(f"pip install {' '.join(args)} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")
+
+
+def _wait_for_server(proc: subprocess.Popen, url: str, log: Path, timeout: float = 600) -> None:
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"app.py exited with {proc.returncode} before serving:\n{log.read_text()[-4000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                if r.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(1)
+    pytest.fail(f"app.py did not serve {url} within {timeout:.0f} s:\n{log.read_text()[-4000:]}")
+
+
+@pytest.mark.slow
+def test_space_starts_from_its_own_requirements_and_answers(qwen_dir, tmp_path_factory, tmp_path):
+    """Issue 16.4c: a Space exported from an adapter `medqa train` saved starts in a fresh venv holding nothing but
+    its requirements.txt, plus gradio at the README's `sdk_version` (Spaces install gradio from that header, not
+    from requirements.txt). torch is held to the build this test runs on (a constraints file) so that pip never
+    pulls a multi-GB accelerator build. The app answers through `gradio_client` (the `/answer` endpoint of
+    `serve.build_demo`) with the probabilities MedQA computes for that adapter, and a real Chromium shows the
+    disclaimer and the confidence. Takes a few minutes (the venv installs torch, transformers and gradio)."""
+    import socket
+    import time
+
+    import torch
+    from gradio_client import Client
+    from ship_runs import trained_run
+
+    from medqa.config import RunConfig
+    from medqa.inference import DISCLAIMER, Answerer
+
+    t0 = time.monotonic()
+    run = trained_run(qwen_dir, tmp_path_factory)  # the real `medqa train`
+    out = space.space_export(tmp_path / "space", adapter=str(run / "adapter"))
+    sdk = _front_matter(out / "README.md")["sdk_version"]
+    reqs = [r for r in (out / "requirements.txt").read_text().splitlines() if r.strip() and not r.startswith("#")]
+    assert reqs and not any(r.startswith("gradio") for r in reqs)
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    python = venv / "bin" / "python"
+    constraints = tmp_path / "constraints.txt"
+    constraints.write_text(f"torch=={torch.__version__}\n")  # this build (here: the local CPU wheel), never CUDA's
+    _pip_install(python, ["-r", str(out / "requirements.txt"), f"gradio=={sdk}", "-c", str(constraints)],
+                 tmp_path / "pip.log")
+    listed = subprocess.run([str(python), "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True,
+                            check=True).stdout.lower()
+    assert "medqa" not in listed and f"gradio=={sdk}" in listed and f"torch=={torch.__version__}".lower() in listed
+    installed = time.monotonic()
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "VIRTUAL_ENV", "GRADIO_", "MEDQA_"))}
+    env.update(PATH=f"{venv / 'bin'}{os.pathsep}{env.get('PATH', '')}", GRADIO_SERVER_NAME="127.0.0.1",
+               GRADIO_SERVER_PORT=str(port), GRADIO_ANALYTICS_ENABLED="False",
+               HF_HUB_OFFLINE="1")  # the Space ships its model and adapter: it needs no Hub
+    log = tmp_path / "app.log"
+    with open(log, "w") as fh:
+        proc = subprocess.Popen([str(python), "app.py"], cwd=out, env=env, stdout=fh, stderr=subprocess.STDOUT)
+    try:
+        _wait_for_server(proc, url, log)
+        started = time.monotonic()
+        question = "Which nerve supplies the deltoid muscle?"
+        options = ["Axillary nerve", "Radial nerve", "Musculocutaneous nerve", "Ulnar nerve"]
+        r = Client(url, verbose=False, analytics_enabled=False, download_files=False).predict(
+            question, options, api_name="/answer")
+        assert r["letter"] in "ABCD" and r["answer"] == options["ABCD".index(r["letter"])]
+        assert set(r["probabilities"]) == set("ABCD") and abs(sum(r["probabilities"].values()) - 1) < 1e-4
+        assert 0.25 <= r["confidence"] <= 1 and r["confidence"] == max(r["probabilities"].values())
+        assert r["disclaimer"] == DISCLAIMER and r["done"] and r["protocol"] == "chat"
+        # the Space serves the trained adapter on its base under the adapter's protocol: MedQA's own scores
+        local = Answerer.from_config(RunConfig(model=ModelConfig(adapter=str(run / "adapter"), device="cpu")))
+        want = local.answer(question, options, explain=False)
+        for k in "ABCD":
+            assert abs(r["probabilities"][k] - want.probabilities[k]) <= 1e-5, (r["probabilities"], want.probabilities)
+        answered = time.monotonic()
+        _space_in_chromium(url, question, options, r)
+        browsed = time.monotonic()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+    print(f"\nSpace test timings: install {installed - t0:.0f} s, start {started - installed:.0f} s, "
+          f"answer {answered - started:.0f} s, browser {browsed - answered:.0f} s, total {browsed - t0:.0f} s")
+
+
+def _space_in_chromium(url: str, question: str, options: list[str], api_result: dict) -> None:
+    """The page, in a real Chromium: the disclaimer, then a question answered with a visible confidence."""
+    import re
+
+    from test_serve import _chromium
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
+    exe = _chromium()
+    if exe is None:
+        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
+    expect = sync_api.expect
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, headless=True,
+                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1100})
+            page.set_default_timeout(120_000)
+            page.goto(url, wait_until="domcontentloaded")
+            expect(page.locator("#mq-disclaimer")).to_be_visible()
+            expect(page.locator("#mq-disclaimer")).to_contain_text("not medical advice")
+            page.locator("#question textarea").fill(question)
+            for letter, text in zip("abcd", options):
+                page.locator(f"#option-{letter} textarea, #option-{letter} input").first.fill(text)
+            page.get_by_role("button", name="Answer", exact=True).click()
+            expect(page.locator("#answer-card .mq-card")).to_have_attribute("data-state", "done")
+            expect(page.locator("#answer-card .mq-letter")).to_have_text(api_result["letter"])
+            badge = page.locator("#answer-card .mq-badge")
+            expect(badge).to_be_visible()
+            expect(badge).to_have_text(re.compile(r"^(Low|Moderate|High) confidence: \d{1,3}%$"))
+            assert badge.inner_text().endswith(f": {api_result['confidence']:.0%}")
+            expect(page.locator("#answer-card .mq-disclaimer")).to_be_visible()
+            expect(page.locator("#answer-card .mq-disclaimer")).to_have_text(api_result["disclaimer"])
+        finally:
+            browser.close()
