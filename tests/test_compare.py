@@ -46,3 +46,23 @@ def test_compare_refuses_different_questions(tmp_path):
         compare_runs(a, b)
     with pytest.raises(DataError, match="no predictions.jsonl"):
         compare_runs(tmp_path / "missing", b)
+
+
+def test_thinking_compares_the_generated_answers(tmp_path, capsys):
+    def run(name, letter, generated):
+        d = tmp_path / name
+        d.mkdir()
+        write_jsonl(d / "predictions.jsonl", [{"id": f"q{i}", "correct": c, "generated_correct": g}
+                                              for i, (c, g) in enumerate(zip(letter, generated))])
+        return d
+
+    a = run("sft", [1, 1, 0, 0], [0, 0, 0, 1])
+    b = run("grpo", [1, 1, 0, 0], [1, 1, 1, 1])  # same letter scoring, three more right when reasoning
+    assert compare_runs(a, b)["fixed"] == 0
+    r = compare_runs(a, b, thinking=True)
+    assert (r["fixed"], r["broken"], r["accuracy_b"]) == (3, 0, 1.0)
+    assert main(["compare", str(a), str(b), "--thinking"]) == 0
+    assert "generated answers (thinking mode)" in capsys.readouterr().out
+    letter_only = _run(tmp_path, "plain", [1, 0, 1, 0])
+    with pytest.raises(DataError, match="--eval.thinking true"):
+        compare_runs(letter_only, b, thinking=True)

@@ -244,3 +244,118 @@ def test_generated_pubmedqa_answers_parse_as_training_taught(qwen_tokenizer):
     assert parse_answer(" B. no", rec, lm) is None and parse_answer(" perhaps", rec, lm) is None
     chat = PromptFormat(qwen_tokenizer, "chat")
     assert parse_answer("B. no", rec, chat) == 1 and parse_answer("no", rec, chat) is None
+
+
+# ----------------------------------------------------------------------------- thinking mode (issue 17.2)
+
+
+def _thinking_row(pred, gold, parsed, tokens, cut_off=False):
+    return {"pred": pred, "gold": gold, "correct": pred == gold, "generated_pred": parsed,
+            "generated_correct": parsed == gold, "generated_tokens": tokens, "cut_off": cut_off}
+
+
+def test_thinking_summary_accounting():
+    """Constructed per-question results: accuracy with its Wilson interval beside letter scoring's, agreement,
+    paired counts, unparseable counted wrong, tokens per question and the cut-off share."""
+    from medqa.evaluate import thinking_summary
+
+    rows = [
+        _thinking_row("A", "A", "A", 100),               # both right, agree
+        _thinking_row("B", "A", "A", 200),               # thinking right only
+        _thinking_row("A", "A", "C", 300),               # scoring right only
+        _thinking_row("C", "A", None, 1024, True),       # unparseable (cut off): wrong, disagrees
+        _thinking_row("D", "B", None, 50),               # unparseable, not cut off
+        _thinking_row("D", "B", "D", 150),               # both wrong, agree
+    ]
+    t = thinking_summary(rows, max_new_tokens=1024)
+    assert (t["n"], t["correct"], t["accuracy"]) == (6, 2, 2 / 6)
+    assert t["ci95"] == list(wilson_interval(2, 6))
+    assert t["letter_scoring"] == {"correct": 2, "accuracy": 2 / 6, "ci95": list(wilson_interval(2, 6))}
+    assert t["agreement_with_letter_scoring"] == 2 / 6
+    assert t["paired"] == {"both_correct": 1, "thinking_only": 1, "scoring_only": 1, "neither": 3}
+    assert (t["unparseable"], t["unparseable_share"]) == (2, 2 / 6)
+    assert t["tokens"] == {"mean": 1824 / 6, "median": 175.0, "max": 1024, "total": 1824}
+    assert (t["cut_off"], t["cut_off_share"], t["max_new_tokens"]) == (1, 1 / 6, 1024)
+    # an unparseable answer whose gold happens to be... nothing: None never equals a gold letter
+    assert thinking_summary([_thinking_row("A", "A", None, 5)], 8)["correct"] == 0
+    empty = thinking_summary([], 8)
+    assert empty["accuracy"] == 0.0 and empty["ci95"] == [0.0, 0.0] and empty["tokens"]["mean"] == 0.0
+
+
+REASONED = "<think>\nThe deltoid is supplied by C5-C6 through the posterior cord.\n</think>\n\nAnswer: B"
+
+
+@pytest.fixture(scope="module")
+def qwen_loaded(qwen_dir):
+    return _load(qwen_dir)
+
+
+def _scripted_thinking_eval(loaded, tmp_path, text, max_new_tokens, letter_logits=(1.0, 3.0, 0.5, 0.0, -1.0)):
+    from test_predict import Script
+
+    model, tok = loaded
+    records = load_demo()[:5]
+    script = Script(model, tok, explanation=text, letter_logits=letter_logits)
+    try:
+        s = evaluate(model, PromptFormat(tok), records, tmp_path, batch_size=2, progress=False, generate=True,
+                     thinking=True, max_new_tokens=max_new_tokens)
+    finally:
+        script.remove()
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    return s, rows, records, script
+
+
+def test_thinking_mode_reads_the_final_answer_line(qwen_loaded, tmp_path):
+    """Real batched generation (a scripted tiny model): <think> kept in the text, the letter read strictly from
+    the final line, tokens counted to the end-of-turn token, nothing cut off."""
+    from medqa.reasoning import parse_final_answer
+
+    s, rows, records, script = _scripted_thinking_eval(qwen_loaded, tmp_path, REASONED, max_new_tokens=64)
+    t = s["thinking"]
+    assert "generative" not in s and t["mode"] == "thinking" and t["template_thinking"]
+    assert len(script.prompts) == 3  # 5 questions in batches of 2
+    assert "Answer: X" in qwen_loaded[1].decode(script.prompts[0])  # the reasoning prompt, not the letter one
+    for row, rec in zip(rows, records, strict=True):
+        assert row["generated"].startswith("<think>") and row["generated"].endswith("Answer: B")
+        assert row["reasoning"] == "The deltoid is supplied by C5-C6 through the posterior cord."
+        assert (row["final_line"], row["generated_pred"], row["well_formed"]) == ("Answer: B", "B", True)
+        assert row["generated_correct"] == (rec.answer == 1) and row["pred"] == "B"  # letter scoring favours B
+        assert row["generated_tokens"] == len(script.ids) and row["cut_off"] is False
+    assert t["accuracy"] == sum(r.answer == 1 for r in records) / 5
+    assert t["agreement_with_letter_scoring"] == 1.0 and t["unparseable"] == 0 and t["cut_off_share"] == 0.0
+    assert t["tokens"]["mean"] == len(script.ids) and t["max_new_tokens"] == 64
+    report = (tmp_path / "report.md").read_text()
+    assert "## Thinking mode" in report and "| one-pass letter scoring | 5 |" in report
+    assert "Cut off at max_new_tokens = 64: 0 of 5 (0.0%)" in report and "Generative mode" not in report
+    # the same parse as the one strict parser, on the stored texts
+    for row in rows:
+        assert parse_final_answer(row["generated"], 4).letter == row["generated_pred"]
+
+
+def test_thinking_mode_cut_off_at_the_token_limit_is_unparseable_and_wrong(qwen_loaded, tmp_path):
+    s, rows, _, _ = _scripted_thinking_eval(qwen_loaded, tmp_path, REASONED, max_new_tokens=6)
+    t = s["thinking"]
+    assert all(r["cut_off"] and r["generated_tokens"] == 6 and r["generated_pred"] is None for r in rows)
+    assert all(r["generated"].startswith("<think>") and not r["generated_correct"] for r in rows)
+    assert (t["accuracy"], t["unparseable"], t["cut_off"], t["cut_off_share"]) == (0.0, 5, 5, 1.0)
+    assert t["agreement_with_letter_scoring"] == 0.0 and t["tokens"]["median"] == 6.0
+
+
+def test_thinking_mode_on_a_random_tiny_model_counts_what_it_parses(any_model_dir, tmp_path):
+    """Unscripted generation (chat template with a thinking switch, ChatML, plain prompt): whatever the model
+    writes, the stored accounting is parse_final_answer's on the stored texts and the summary is recomputable."""
+    from medqa.evaluate import thinking_summary
+    from medqa.reasoning import parse_final_answer
+
+    model, tok = _load(any_model_dir)
+    records = load_demo()[:3]
+    s = evaluate(model, PromptFormat(tok), records, tmp_path, batch_size=2, progress=False, generate=True,
+                 thinking=True, max_new_tokens=8)
+    rows = [json.loads(x) for x in (tmp_path / "predictions.jsonl").read_text().splitlines()]
+    for row, rec in zip(rows, records, strict=True):
+        parsed = parse_final_answer(row["generated"], len(rec.options))
+        assert row["generated_pred"] == parsed.letter and row["final_line"] == parsed.final_line
+        assert row["generated_correct"] == (parsed.index == rec.answer)
+        assert 1 <= row["generated_tokens"] <= 8 and row["cut_off"] == (row["generated_tokens"] == 8)
+    want = thinking_summary(rows, 8)
+    assert {k: s["thinking"][k] for k in want} == json.loads(json.dumps(want))

@@ -471,3 +471,38 @@ def test_fitted_threshold_and_its_guarantee_in_the_cli_output(qwen, monkeypatch)
     assert row["low_confidence"] is True and "every answer" in row["abstention"]
     text = _run("-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--no-explain")
     assert "LOW CONFIDENCE" in text and guarantee_text(ABSTAIN_ALL_CAL) in text
+
+
+# ----------------------------------------------------------------------------- thinking mode (issue 17.2)
+
+REASONED = "<think>\nC5-C6 through the posterior cord.\n</think>\n\nAnswer: B"
+
+
+def test_cli_thinking_prints_the_reasoning_then_its_answer(qwen, monkeypatch):
+    """`predict --thinking`: the question, the reasoning as it streams, then the reasoning's letter with letter
+    scoring's probability of it, the disagreement and the flag; --json carries the same in `thinking`."""
+    import medqa.predict as predict_mod
+    from medqa.inference import Answerer
+
+    model, tok = qwen
+    monkeypatch.setattr(predict_mod, "load_answerer", lambda args, quiet=False: Answerer(model, tok))
+    s = Script(model, tok, explanation=REASONED)  # letter scoring prefers A
+    try:
+        args = ("-q", QUESTION, *[x for o in OPTIONS for x in ("-o", o)], "--thinking", "--threshold", "0.5")
+        text = _run(*args)
+        row = json.loads(_run(*args, "--json"))
+    finally:
+        s.remove()
+    assert text.index("Q: ") < text.index("Reasoning: <think>") < text.index("Answer: B. Radial nerve")
+    assert "letter scoring's calibrated probability of B: 10.7%" in text
+    assert "Thinking: The reasoning answered B but letter scoring prefers A (" in text and "disagree" in text
+    assert "LOW CONFIDENCE: The chosen option (B)" in text and "first reasoning token after" in text
+    assert text.rstrip().endswith(DISCLAIMER)
+    assert row["letter"] == "B" and row["thinking"]["letter"] == "B" and row["thinking"]["scored_letter"] == "A"
+    assert row["explanation"] == REASONED and row["low_confidence"] is True and row["disclaimer"] == DISCLAIMER
+
+
+def test_cli_thinking_needs_generation():
+    ns = _parse("-q", "Q?", "-o", "a", "-o", "b", "--thinking", "--no-explain")
+    with pytest.raises(ConfigError, match="--thinking generates the reasoning"):
+        predict_main(ns, stdout=io.StringIO())

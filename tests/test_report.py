@@ -51,3 +51,26 @@ def test_subject_and_letter_tables():
     assert report.subject_table(summary) == ("| subject | n | accuracy | 95 % CI |\n|---|---|---|---|\n"
                                              "| Anatomy | 3 | 66.7% | 20.0%–94.0% |\n| macro mean | 1 subjects | 66.7% | |\n")
     assert report.letter_table(summary) == "| letter | gold | predicted |\n|---|---|---|\n| A | 2 | 3 |\n| B | 1 | 0 |\n"
+
+
+def test_thinking_section_sits_beside_the_letter_score():
+    """Issue 17.2: thinking-mode accuracy with its interval beside the one-pass letter score, agreement, paired
+    counts, unparseable answers, tokens per question and the cut-off share."""
+    thinking = {"n": 40, "accuracy": 0.5, "ci95": [0.352, 0.648], "template_thinking": True,
+                "letter_scoring": {"correct": 18, "accuracy": 0.45, "ci95": [0.3107, 0.5972]},
+                "agreement_with_letter_scoring": 0.625,
+                "paired": {"both_correct": 15, "thinking_only": 5, "scoring_only": 3, "neither": 17},
+                "unparseable": 4, "unparseable_share": 0.1, "tokens": {"mean": 412.25, "median": 388.0, "max": 1024},
+                "cut_off": 3, "cut_off_share": 0.075, "max_new_tokens": 1024}
+    text = report.thinking_section({"thinking": thinking})
+    assert text.startswith("## Thinking mode\n") and "the chat template's thinking mode" in text
+    assert ("| mode | n | accuracy | 95 % CI |\n|---|---|---|---|\n"
+            "| one-pass letter scoring | 40 | 45.0% | 31.1%–59.7% |\n"
+            "| thinking: reasoning, then 'Answer: X' | 40 | **50.0%** | 35.2%–64.8% |\n") in text
+    assert "- Agreement with letter scoring (parsed letter = letter scoring's choice): 62.5%\n" in text
+    assert "- Paired: both correct 15, only thinking 5, only letter scoring 3, neither 17\n" in text
+    assert "- Unparseable (counted wrong): 4 of 40 (10.0%)\n" in text
+    assert "- Tokens generated per question: mean 412.2, median 388, max 1024\n" in text
+    assert text.endswith("- Cut off at max_new_tokens = 1024: 3 of 40 (7.5%)\n")
+    plain = report.thinking_section({"thinking": {**thinking, "template_thinking": False}})
+    assert "plain-text rationale" in plain

@@ -502,3 +502,76 @@ def test_demo_card_and_page_show_the_guarantee(tiny, monkeypatch):
     assert sentence in card
     page = " ".join(str(getattr(b, "value", "")) for b in demo.blocks.values())
     assert "30%" in page and html_mod.escape(guarantee_text(THRESHOLD_CAL), quote=True) in page
+
+
+# ----------------------------------------------------------------------------- thinking mode (issue 17.2)
+
+REASONED = "<think>\nThe deltoid: C5-C6 <via> the posterior cord.\n</think>\n\nAnswer: B"
+
+
+def _thinking_pred(**kw):
+    info = {"status": "done", "letter": "B", "reasoning": "Step <1> & step 2", "final_line": "Answer: B",
+            "well_formed": True, "scored_letter": "A", "scored_confidence": 0.7, "agrees": False, "tokens": 42,
+            "cut_off": False, "note": "The reasoning answered B but letter scoring prefers A (70%): they disagree."}
+    info.update(kw.pop("thinking", {}))
+    return _pred(letter="B", index=1, option="x & y", confidence=0.3, thinking=info, **kw)
+
+
+def test_thinking_card_shows_the_reasoning_collapsed_under_the_answer():
+    card = serve.render_card(_thinking_pred())
+    assert 'data-mode="thinking"' in card and 'data-letter="B"' in card
+    details = card[card.index("<details"):card.index("</details>")]
+    assert "<details " in card and " open" not in details.split(">", 1)[0]  # collapsed
+    assert "Step &lt;1&gt; &amp; step 2" in details and "Final line: Answer: B" in details
+    assert "Reasoning (42 tokens; may be wrong)" in details
+    head_end = card.index("</div>", card.index('class="mq-head"'))
+    assert head_end < card.index("<details") < card.index('class="mq-probs"')  # under the answer, above the bars
+    assert 'data-agrees="false"' in card and "they disagree" in card
+    assert "Low confidence: 30%" in card and 'role="alert"' in card and DISCLAIMER in card
+    assert "Letter scoring (one forward pass on the question, calibrated)" in card
+    cut = serve.render_card(_thinking_pred(thinking={"cut_off": True, "letter": None, "agrees": None}))
+    assert "cut off at the token limit" in cut and 'data-agrees="none"' in cut
+    pending = serve.render_card(_thinking_pred(done=False, thinking={"status": "reasoning"}))
+    assert "<details" not in pending and "is reasoning" in pending and "reasoning…" in pending
+    assert "<details" not in serve.render_card(_pred())  # letter scoring alone: no reasoning block
+
+
+def test_thinking_demo_streams_into_a_closed_accordion_and_ends_with_the_reasoning_card(tiny):
+    model, tok = tiny
+    script = Script(model, tok, explanation=REASONED)
+    try:
+        demo = serve.build_demo(model, tok, threshold=0.5, thinking=True)
+        accordions = [b for b in demo.blocks.values() if isinstance(b, gr.Accordion)]
+        stream = next(a for a in accordions if a.elem_id == "reasoning-stream")
+        assert stream.open is False
+        box = next(b for b in demo.blocks.values() if getattr(b, "elem_id", None) == "explanation")
+        assert box.parent is stream or box.parent.parent is stream
+        page = " ".join(str(getattr(b, "value", "")) for b in demo.blocks.values())
+        assert "Thinking mode: the model reasons first (up to 1024 tokens)" in page
+        outs = list(_endpoint(demo, "ask")(QUESTION, 4, *OPTIONS, ""))
+        result = _endpoint(demo, "answer")(QUESTION, OPTIONS, True)
+    finally:
+        script.remove()
+    first_card, final_card, final = outs[0][0], outs[-1][0], outs[-1][2]
+    assert "is reasoning" in first_card and "<details" not in first_card
+    assert 'data-letter="B"' in final_card and "<details" in final_card and "&lt;via&gt;" in final_card
+    assert final["thinking"]["letter"] == "B" and final["thinking"]["agrees"] is False and final["letter"] == "B"
+    assert final["explanation"] == REASONED and final["disclaimer"] == DISCLAIMER
+    assert result["thinking"]["letter"] == "B" and result["letter"] == "B"
+    plain = serve.build_demo(model, tok)  # letter scoring: the explanation box is not in an accordion
+    assert not any(getattr(b, "elem_id", None) == "reasoning-stream" for b in plain.blocks.values())
+
+
+def test_demo_cli_thinking_flag(qwen_dir, monkeypatch):
+    ns = _sub(serve.add_demo_parser).parse_args(["demo", "--model", str(qwen_dir), "--device", "cpu", "--thinking"])
+    seen = {}
+    monkeypatch.setattr(serve, "launch", lambda demo, **kw: seen.update(kw, demo=demo))
+    monkeypatch.setattr(serve, "build_demo", lambda answerer, **kw: seen.update(kw) or object())
+    assert ns.handler(ns) == 0
+    assert seen["thinking"] is True and seen["max_new_tokens"] == 1024
+    ns = _sub(serve.add_demo_parser).parse_args(["demo", "--model", str(qwen_dir)])
+    predict_mod.resolve_answer_arguments(ns)  # what demo_main does first: without --thinking, the explanation cap
+    assert ns.thinking is False and ns.max_new_tokens == 128
+    ns = _sub(serve.add_demo_parser).parse_args(["demo", "--thinking", "--max-new-tokens", "0"])
+    with pytest.raises(ConfigError, match="max-new-tokens must be at least 1"):
+        ns.handler(ns)  # before any model loads

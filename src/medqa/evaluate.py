@@ -4,7 +4,8 @@ The scores are lm-evaluation-harness's for `medmcqa` (log-likelihood of each sin
 continuation, one forward pass per question: `medqa.inference.score_records`); every option gets a
 probability, no prediction is ever a fallback. This module adds the accuracy with its Wilson interval,
 baselines, ECE, Brier, selective answering, option-order robustness, the generative mode's strict parsing,
-and writes predictions.jsonl, summary.json, report.md and the plots.
+thinking mode (reason, then a final "Answer: X" line, read by `medqa.reasoning.parse_final_answer`, beside
+the one-pass letter score), and writes predictions.jsonl, summary.json, report.md and the plots.
 """
 
 from __future__ import annotations
@@ -22,12 +23,14 @@ import torch
 from medqa.calibrate import abstains, apply_temperature, guarantee_text, keeps_option_order, risk_coverage
 from medqa.datasets import LETTERS, MCQRecord
 from medqa.format import PromptFormat
-from medqa.inference import DISCLAIMER, generate_answers, score_records
+from medqa.inference import DISCLAIMER, generate_answers, generate_reasoning, score_records
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from medqa.report import ci_text, letter_table, pct, subject_table, with_ci
+from medqa.reasoning import parse_final_answer, supports_thinking
+from medqa.report import ci_text, letter_table, pct, subject_table, thinking_section, with_ci
 
 __all__ = ["DISCLAIMER", "evaluate", "summarize", "wilson_interval", "expected_calibration_error", "brier_score",
-           "prediction_rows", "markdown_report", "rotate", "permutation_analysis", "parse_answer", "parse_letter"]
+           "prediction_rows", "markdown_report", "rotate", "permutation_analysis", "parse_answer", "parse_letter",
+           "thinking_fields", "thinking_summary"]
 
 
 # ----------------------------------------------------------------------------- metrics
@@ -162,6 +165,8 @@ def markdown_report(summary: dict[str, Any]) -> str:
     if sel:
         cov = ", ".join(f"{k}: {v:.1%}" for k, v in sel["accuracy_at_coverage"].items())
         lines.append(f"- Selective answering: AURC {sel['aurc']:.3f}; accuracy at coverage {cov}")
+    if "thinking" in summary:  # beside the letter score above, on the same questions
+        lines += ["", *thinking_section(summary).splitlines()]
     lines += ["", "![reliability](reliability.png) ![letters](letters.png) ![risk-coverage](risk_coverage.png)", "",
               *letter_table(summary).splitlines()]
     if summary["per_subject"]:
@@ -320,6 +325,65 @@ def _generative(model: Any, fmt: PromptFormat, records: list[MCQRecord], probs: 
     }
 
 
+def thinking_fields(text: str, rec: MCQRecord, tokens: int, cut_off: bool) -> dict[str, Any]:
+    """One question's thinking-mode result, as predictions.jsonl stores it: the generated text, its reasoning and
+    final line, the letter `parse_final_answer` reads (None: unparseable, counted wrong), whether it is correct,
+    the tokens generated and whether generation was cut off at max_new_tokens."""
+    parsed = parse_final_answer(text, len(rec.options))
+    return {"generated": text, "reasoning": parsed.reasoning, "final_line": parsed.final_line,
+            "generated_pred": parsed.letter, "generated_correct": parsed.index == rec.answer,
+            "well_formed": parsed.well_formed, "generated_tokens": int(tokens), "cut_off": bool(cut_off)}
+
+
+def thinking_summary(rows: list[dict[str, Any]], max_new_tokens: int) -> dict[str, Any]:
+    """Thinking-mode accuracy (Wilson 95 % interval) beside the one-pass letter score of the same questions, their
+    agreement (share of questions whose parsed letter is letter scoring's argmax), paired correctness, unparseable
+    answers (counted wrong), tokens generated per question and the share cut off at `max_new_tokens`.
+
+    `rows`: prediction rows with letter scoring's `pred` / `correct` and `thinking_fields`'s keys."""
+    n = len(rows)
+    k = sum(bool(r["generated_correct"]) for r in rows)
+    k_scored = sum(bool(r["correct"]) for r in rows)
+    tokens = np.array([r["generated_tokens"] for r in rows], dtype=float)
+    unparseable = sum(r["generated_pred"] is None for r in rows)
+    cut = sum(bool(r["cut_off"]) for r in rows)
+    both = sum(bool(r["generated_correct"]) and bool(r["correct"]) for r in rows)
+    return {
+        "n": n,
+        "correct": k,
+        "accuracy": k / n if n else 0.0,
+        "ci95": list(wilson_interval(k, n)),
+        "letter_scoring": {"correct": k_scored, "accuracy": k_scored / n if n else 0.0,
+                           "ci95": list(wilson_interval(k_scored, n))},
+        "agreement_with_letter_scoring": sum(r["generated_pred"] == r["pred"] for r in rows) / n if n else 0.0,
+        "paired": {"both_correct": both, "thinking_only": k - both, "scoring_only": k_scored - both,
+                   "neither": n - k - k_scored + both},
+        "unparseable": unparseable,
+        "unparseable_share": unparseable / n if n else 0.0,
+        "tokens": {"mean": float(tokens.mean()) if n else 0.0, "median": float(np.median(tokens)) if n else 0.0,
+                   "max": int(tokens.max()) if n else 0, "total": int(tokens.sum())},
+        "cut_off": cut,
+        "cut_off_share": cut / n if n else 0.0,
+        "max_new_tokens": max_new_tokens,
+    }
+
+
+def _thinking(model: Any, fmt: PromptFormat, records: list[MCQRecord], rows: list[dict[str, Any]], batch_size: int,
+              max_new_tokens: int, progress: bool) -> dict[str, Any]:
+    """Thinking mode: generate the reasoning and the final answer line (`generate_reasoning`, the one generation
+    path), parse it strictly; adds `thinking_fields` to the rows and returns `thinking_summary`."""
+    t = time.perf_counter()
+    gens = _sharded(lambda rs: generate_reasoning(model, fmt, rs, batch_size, max_new_tokens, progress), records)
+    seconds = time.perf_counter() - t
+    for row, g, r in zip(rows, gens, records, strict=True):
+        row.update(thinking_fields(g.text, r, g.tokens, g.cut_off))
+    out = {"mode": "thinking", "template_thinking": bool(fmt.uses_template and supports_thinking(fmt.tokenizer)),
+           **thinking_summary(rows, max_new_tokens)}
+    out["seconds"] = round(seconds, 2)
+    out["tokens_per_second"] = round(out["tokens"]["total"] / seconds, 1) if seconds > 0 else None
+    return out
+
+
 def write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], conf: np.ndarray,
                   correct: np.ndarray) -> None:
     """predictions.jsonl, the plots, summary.json and report.md."""
@@ -350,8 +414,12 @@ def evaluate(
     generate: bool = False,
     max_new_tokens: int = 96,
     calibration: dict[str, Any] | None = None,
+    thinking: bool = False,
 ) -> dict[str, Any]:
     """Score, summarise, and (with `out_dir`) write predictions.jsonl, summary.json, report.md and plots.
+
+    `generate`: also generate answer + explanation (`summary["generative"]`), or with `thinking` the reasoning
+    and a final "Answer: X" line (`summary["thinking"]`, `thinking_summary`).
 
     Under torchrun / accelerate launch each process scores a shard; rank 0 gathers and writes the
     same report a single process would.
@@ -380,7 +448,9 @@ def evaluate(
         for row, p in zip(rows, perm.pop("debiased_probs")):
             row["debiased_probs"] = [round(float(x), 6) for x in p]
         summary["robustness"] = perm
-    if generate:
+    if generate and thinking:
+        summary["thinking"] = _thinking(model, fmt, records, rows, batch_size, max_new_tokens, progress)
+    elif generate:
         summary["generative"] = _generative(model, fmt, records, probs, rows, batch_size, max_new_tokens, progress)
     summary["disclaimer"] = DISCLAIMER
     if out_dir is not None and rank == 0:

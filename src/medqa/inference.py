@@ -4,8 +4,10 @@
     answerer = Answerer.from_config(cfg)              # or Answerer(model, tokenizer) for a loaded model
     answerer.score(records)                           # calibrated option probabilities (raw=True: unscaled)
     answerer.generate(records, max_new_tokens=96)     # greedy answer + explanation, one stop rule
+    answerer.reason(records, max_new_tokens=1024)     # thinking mode: reasoning, then "Answer: X" (Generation)
     pred = answerer.answer("Which nerve supplies the deltoid?", ["Axillary", "Radial"])
     pred.letter, pred.probabilities, pred.low_confidence, pred.explanation
+    pred = answerer.answer(..., thinking=True)        # the reasoning's letter; pred.thinking has the reasoning
 
 Scoring is lm-evaluation-harness's (the next-token probability of each single-token option letter),
 done in one forward pass: prompts sorted by length, left-padded into batches (positions restart after the
@@ -25,24 +27,33 @@ from typing import Any
 import numpy as np
 
 from medqa.calibrate import abstains, apply_temperature, guarantee_text
+from medqa.config import THINKING_MAX_NEW_TOKENS
 from medqa.datasets import LETTERS, MCQRecord
 from medqa.errors import ConfigError
 from medqa.errors import DataError
+from medqa.reasoning import THINK_CLOSE, THINK_OPEN, parse_final_answer, reasoning_prompt, supports_thinking
 from medqa.inference_stream import (
     DEFAULT_THRESHOLD,
     DISCLAIMER,
+    Generation,
     Prediction,
     StreamStats,
     abstention_message,
+    decode_generated,
+    generated_length,
     generation_kwargs,
+    skipped_ids,
     guarantee_info,
     shown_threshold,
     stop_rule,
     stream_generate,
+    thinking_note,
+    unparseable_message,
 )
 
 __all__ = ["Answerer", "score_records", "left_padded_batches", "generate_answers", "generate_ids", "validate_question",
-           "InputError", "Prediction", "check_settings", "DISCLAIMER", "DEFAULT_THRESHOLD", "DEFAULT_MAX_NEW_TOKENS"]
+           "InputError", "Prediction", "check_settings", "DISCLAIMER", "DEFAULT_THRESHOLD", "DEFAULT_MAX_NEW_TOKENS",
+           "generate_completions", "generate_reasoning", "reasoning_ids", "Generation", "THINKING_MAX_NEW_TOKENS"]
 
 MAX_QUESTION_CHARS = 2000
 MAX_OPTION_CHARS = 300
@@ -160,15 +171,17 @@ def score_records(model: Any, fmt: Any, records: list[MCQRecord], batch_size: in
     return out  # type: ignore[return-value]
 
 
-def generate_ids(model: Any, fmt: Any, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int = 96,
-                 progress: bool = True) -> list[str]:
-    """Greedy, batched (left-padded) generation after each prompt, under the format's one stop rule."""
+def generate_completions(model: Any, fmt: Any, encoded: list[list[int]], batch_size: int = 8,
+                         max_new_tokens: int = 96, progress: bool = True, keep: Sequence[str] = ()) -> list[Generation]:
+    """Greedy, batched (left-padded) generation after each prompt, under the format's one stop rule: each
+    completion's text (special tokens left out, except those in `keep`), tokens generated and stop reason."""
     import torch
     from tqdm.auto import tqdm
 
     rule = stop_rule(fmt)
+    skip = skipped_ids(fmt.tokenizer, keep) if keep else None
     device = next(model.parameters()).device
-    texts: list[str] = [""] * len(encoded)
+    done: list[Generation | None] = [None] * len(encoded)
     bar = tqdm(total=len(encoded), desc="generating", unit="q", disable=not progress, leave=False)
     with torch.inference_mode():
         for idx, ids, mask in left_padded_batches(encoded, batch_size, rule.pad_id):
@@ -176,16 +189,43 @@ def generate_ids(model: Any, fmt: Any, encoded: list[list[int]], batch_size: int
             out = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
                                  **generation_kwargs(rule, max_new_tokens))
             for row, i in enumerate(idx):
-                texts[i] = rule.cut(fmt.tokenizer.decode(out[row, width:], skip_special_tokens=True)).strip()
+                new = out[row, width:].tolist()
+                n, ended = generated_length(rule, new)
+                text = rule.cut(decode_generated(fmt.tokenizer, new[:n], skip)).strip()
+                done[i] = Generation(text, n, "end_of_turn" if ended else "max_new_tokens")
             bar.update(len(idx))
     bar.close()
-    return texts
+    return done  # type: ignore[return-value]
+
+
+def generate_ids(model: Any, fmt: Any, encoded: list[list[int]], batch_size: int = 8, max_new_tokens: int = 96,
+                 progress: bool = True) -> list[str]:
+    """Greedy, batched (left-padded) generation after each prompt, under the format's one stop rule."""
+    return [g.text for g in generate_completions(model, fmt, encoded, batch_size, max_new_tokens, progress)]
 
 
 def generate_answers(model: Any, fmt: Any, records: list[MCQRecord], batch_size: int = 8, max_new_tokens: int = 96,
                      progress: bool = True) -> list[str]:
     """The answer and its explanation for each record (greedy, batched); stops at end of turn."""
     return generate_ids(model, fmt, [fmt.encode_prompt(r) for r in records], batch_size, max_new_tokens, progress)
+
+
+class _NoTemplate:
+    chat_template = None
+
+
+def reasoning_ids(fmt: Any, rec: MCQRecord) -> list[int]:
+    """The thinking-mode prompt (`medqa.reasoning.reasoning_prompt`, thinking on): through the chat template when
+    the format uses one (Qwen3: its thinking mode), else the plain prompt ending at "Reasoning:" (lm-eval)."""
+    return fmt.encode(reasoning_prompt(fmt.tokenizer if fmt.uses_template else _NoTemplate(), rec, thinking=True))
+
+
+def generate_reasoning(model: Any, fmt: Any, records: list[MCQRecord], batch_size: int = 8,
+                       max_new_tokens: int = THINKING_MAX_NEW_TOKENS, progress: bool = True) -> list[Generation]:
+    """Thinking mode for each record (greedy, batched, the one stop rule): the reasoning and the final answer line,
+    <think> / </think> kept in the text for `medqa.reasoning.parse_final_answer`."""
+    return generate_completions(model, fmt, [reasoning_ids(fmt, r) for r in records], batch_size, max_new_tokens,
+                                progress, keep=(THINK_OPEN, THINK_CLOSE))
 
 
 def check_settings(threshold: float | None, max_new_tokens: int, flag: str = "") -> None:
@@ -256,14 +296,20 @@ class Answerer:
         encoded = [p if isinstance(p, list) else self.fmt.encode_prompt(p) for p in prompts]
         return generate_ids(self.model, self.fmt, encoded, batch_size, max_new_tokens, progress)
 
-    def decide(self, probs: np.ndarray, threshold: float | None = None) -> dict[str, Any]:
-        """The chosen option and whether MedQA abstains on it: the one abstention rule (`calibrate.abstains`:
-        an explicit threshold, else the calibration's rule, else DEFAULT_THRESHOLD)."""
-        idx = int(np.argmax(probs))
+    def reason(self, records: list[MCQRecord], max_new_tokens: int = THINKING_MAX_NEW_TOKENS, batch_size: int = 8,
+               progress: bool = False) -> list[Generation]:
+        """Thinking mode: the reasoning and final "Answer: X" line per record (`generate_reasoning`)."""
+        return generate_reasoning(self.model, self.fmt, records, batch_size, max_new_tokens, progress)
+
+    def decide(self, probs: np.ndarray, threshold: float | None = None, index: int | None = None) -> dict[str, Any]:
+        """The chosen option (the most probable, or `index`) and whether MedQA abstains on it: the one abstention
+        rule (`calibrate.abstains`: an explicit threshold, else the calibration's rule, else DEFAULT_THRESHOLD)."""
+        idx = int(np.argmax(probs)) if index is None else int(index)
         conf = float(probs[idx])
         low = abstains(conf, self.calibration, threshold, DEFAULT_THRESHOLD)
         shown = shown_threshold(self.calibration, threshold)
-        why = abstention_message(LETTERS[idx], conf, shown, guarantee_text(self.calibration)) if low else None
+        subject = "The best option" if idx == int(np.argmax(probs)) else "The chosen option"
+        why = abstention_message(LETTERS[idx], conf, shown, guarantee_text(self.calibration), subject) if low else None
         return {"index": idx, "confidence": conf, "low_confidence": low, "threshold": shown, "abstention": why,
                 "guarantee": guarantee_info(self.calibration, threshold)}
 
@@ -278,19 +324,22 @@ class Answerer:
         limit = getattr(getattr(self.model, "config", None), "max_position_embeddings", None)
         return limit if isinstance(limit, int) else None
 
-    def _check_fits(self, rec: MCQRecord) -> None:
-        """Room for the prompt, the longest answer line and a few explanation tokens."""
+    def _check_fits(self, rec: MCQRecord, thinking: bool = False) -> None:
+        """Room for the prompt, the longest answer line and a few explanation tokens (thinking: and for the
+        reasoning prompt and a few reasoning tokens)."""
         limit = self._context_limit()
         if limit is not None:
             need = 16 + max(len(self.explanation_prompt(rec, i)) for i in range(len(rec.options)))
+            if thinking:
+                need = max(need, 16 + len(reasoning_ids(self.fmt, rec)))
             if need > limit:
                 raise InputError(None, f"the question and options need {need} tokens; this model takes at most {limit}")
 
     def _scored(self, question: str, options: Sequence[str], threshold: float | None, explain: bool,
-                t0: float) -> tuple[MCQRecord, Prediction]:
+                t0: float, thinking: bool = False) -> tuple[MCQRecord, Prediction, np.ndarray]:
         q, opts = validate_question(question, options, self.tokenizer)
         rec = MCQRecord(id="predict", question=q, options=opts, answer=0)
-        self._check_fits(rec)
+        self._check_fits(rec, thinking)
         probs = self.score([rec])[0]
         d = self.decide(probs, threshold)
         pred = Prediction(
@@ -299,18 +348,29 @@ class Answerer:
             confidence=round(d["confidence"], 6), threshold=d["threshold"], low_confidence=d["low_confidence"],
             abstention=d["abstention"], explanation="" if explain else None, guarantee=d["guarantee"],
             protocol=self.fmt.protocol, seconds_to_letter=round(time.perf_counter() - t0, 4))
-        return rec, pred
+        return rec, pred, probs
 
     def answer_stream(self, question: str, options: Sequence[str], threshold: float | None = None,
-                      explain: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> Iterator[Prediction]:
+                      explain: bool = True, max_new_tokens: int | None = None,
+                      thinking: bool = False) -> Iterator[Prediction]:
         """Yield snapshots: first the scored letter (explanation ""), then one per streamed text piece,
-        last a snapshot with `done=True` and the timings. Closing the generator stops generation."""
+        last a snapshot with `done=True` and the timings. Closing the generator stops generation.
+
+        `thinking` (with `explain`): the model reasons first (`medqa.reasoning.reasoning_prompt`) and the streamed
+        text is its reasoning; the last snapshot answers with the letter of its final "Answer: X" line (see
+        `_thinking_answer`). `max_new_tokens` None: DEFAULT_MAX_NEW_TOKENS, or THINKING_MAX_NEW_TOKENS thinking."""
+        thinking = thinking and explain
+        if max_new_tokens is None:
+            max_new_tokens = THINKING_MAX_NEW_TOKENS if thinking else DEFAULT_MAX_NEW_TOKENS
         check_settings(threshold, max_new_tokens)
         t0 = time.perf_counter()
-        rec, pred = self._scored(question, options, threshold, explain, t0)
+        rec, pred, probs = self._scored(question, options, threshold, explain, t0, thinking)
         if not explain:
             pred.done, pred.stop_reason, pred.seconds_total = True, "not_requested", pred.seconds_to_letter
             yield pred
+            return
+        if thinking:
+            yield from self._reason_stream(rec, pred, probs, threshold, max_new_tokens, t0)
             return
         yield dataclasses.replace(pred)
         ids = self.explanation_prompt(rec, pred.index)
@@ -330,14 +390,65 @@ class Answerer:
         pred.done = True
         yield pred
 
+    def _reason_stream(self, rec: MCQRecord, pred: Prediction, probs: np.ndarray, threshold: float | None,
+                       max_new_tokens: int, t0: float) -> Iterator[Prediction]:
+        """Thinking mode: the scored snapshot, the reasoning as it streams, then `_thinking_answer`."""
+        pred.thinking = {"status": "reasoning", "scored_letter": pred.letter, "scored_confidence": pred.confidence}
+        yield dataclasses.replace(pred, thinking=dict(pred.thinking))
+        ids = reasoning_ids(self.fmt, rec)
+        limit = self._context_limit()
+        if limit is not None:
+            max_new_tokens = max(1, min(max_new_tokens, limit - len(ids)))
+        stats = StreamStats()
+        for text in stream_generate(self.model, self.tokenizer, ids, stop_rule(self.fmt), max_new_tokens, stats,
+                                    keep=(THINK_OPEN, THINK_CLOSE)):
+            pred.explanation = text
+            if stats.first_token_at is not None:
+                pred.seconds_to_first_token = round(stats.first_token_at - t0, 4)
+            yield dataclasses.replace(pred, thinking=dict(pred.thinking))
+        if stats.first_token_at is not None:
+            pred.seconds_to_first_token = round(stats.first_token_at - t0, 4)
+        pred.explanation, pred.generated_tokens, pred.stop_reason = stats.text, stats.tokens, stats.stop_reason
+        self._thinking_answer(pred, probs, threshold, Generation(stats.text, stats.tokens, stats.stop_reason or ""))
+        pred.seconds_total = round(time.perf_counter() - t0, 4)
+        pred.done = True
+        yield pred
+
+    def _thinking_answer(self, pred: Prediction, probs: np.ndarray, threshold: float | None, gen: Generation) -> None:
+        """The thinking-mode answer, in place: the letter of the final "Answer: X" line (`parse_final_answer`,
+        strict). Its confidence is a real probability: letter scoring's calibrated probability of that letter
+        (one forward pass on the question, before any reasoning), under the one abstention rule; a reasoning
+        that disagrees with letter scoring says so. Unparseable (or cut off): letter scoring's answer, flagged."""
+        parsed = parse_final_answer(gen.text, len(pred.options))
+        scored, scored_conf = pred.letter, pred.confidence
+        info: dict[str, Any] = {
+            "status": "done", "letter": parsed.letter, "reasoning": parsed.reasoning, "final_line": parsed.final_line,
+            "well_formed": parsed.well_formed, "scored_letter": scored, "scored_confidence": scored_conf,
+            "agrees": None if parsed.index is None else parsed.letter == scored,
+            "tokens": gen.tokens, "cut_off": gen.cut_off,
+            "template_thinking": bool(self.fmt.uses_template and supports_thinking(self.tokenizer)),
+            "confidence_source": "letter scoring's calibrated probability of the answer's letter, before reasoning",
+        }
+        if parsed.index is not None:
+            d = self.decide(probs, threshold, parsed.index)
+            pred.index, pred.letter, pred.option = d["index"], LETTERS[d["index"]], pred.options[d["index"]]
+            pred.confidence, pred.low_confidence = round(d["confidence"], 6), d["low_confidence"]
+            pred.abstention = d["abstention"]
+        else:
+            pred.low_confidence = True
+            pred.abstention = unparseable_message(scored, scored_conf, gen.tokens if gen.cut_off else None)
+        info["note"] = thinking_note(info)
+        pred.thinking = info
+
     def answer(self, question: str, options: Sequence[str], threshold: float | None = None, explain: bool = True,
-               max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, on_token: Callable[[str], None] | None = None,
-               on_letter: Callable[[Prediction], None] | None = None) -> Prediction:
+               max_new_tokens: int | None = None, on_token: Callable[[str], None] | None = None,
+               on_letter: Callable[[Prediction], None] | None = None, thinking: bool = False) -> Prediction:
         """Answer one question; `on_letter(prediction)` fires once the letter is scored and
-        `on_token(text_piece)` for each streamed piece of the explanation. Returns the final result."""
+        `on_token(text_piece)` for each streamed piece of the explanation (thinking: of the reasoning).
+        Returns the final result."""
         last: Prediction | None = None
         shown = 0
-        for snap in self.answer_stream(question, options, threshold, explain, max_new_tokens):
+        for snap in self.answer_stream(question, options, threshold, explain, max_new_tokens, thinking):
             if last is None and on_letter is not None:
                 on_letter(snap)
             if on_token is not None and snap.explanation and not snap.done and len(snap.explanation) > shown:

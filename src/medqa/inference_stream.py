@@ -7,6 +7,8 @@
 marker (one token, or a sequence checked by a stopping criterion) and the tokenizer's eos id(s).
 `medqa.inference.generate_answers` (batched, for evaluation) and `stream_generate` (one prompt, token by
 token through `TextIteratorStreamer` from a worker thread, for `predict` and the demo) both use it.
+`Generation` is one batched completion (text, tokens generated, stop reason); `thinking_note` and
+`unparseable_message` say what a thinking-mode answer is made of.
 Importing this module does not import torch.
 """
 
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +50,9 @@ class Prediction:
     seconds_to_first_token: float | None = None
     seconds_total: float | None = None
     disclaimer: str = DISCLAIMER
+    # thinking mode: the reasoning, the final line, the letter it names (None: unparseable), the letter scoring's
+    # own choice, whether they agree, tokens and cut-off; None when the model answered by letter scoring alone
+    thinking: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -57,18 +62,42 @@ class Prediction:
         return {**extra, **d}
 
 
-def abstention_message(letter: str, confidence: float, threshold: float | None, reason: str | None = None) -> str:
+def abstention_message(letter: str, confidence: float, threshold: float | None, reason: str | None = None,
+                       subject: str = "The best option") -> str:
     """Why an answer is flagged: below the threshold, or (threshold None) the calibration flags every answer."""
     if threshold is None:
         why = reason or "Its calibration found no confidence level whose answers reach the target accuracy."
         return (
-            f"The best option ({letter}) has {confidence:.0%} probability, but MedQA abstains on every answer of "
+            f"{subject} ({letter}) has {confidence:.0%} probability, but MedQA abstains on every answer of "
             f"this model. {why} Treat {letter} as a guess and check a reliable source."
         )
     return (
-        f"The best option ({letter}) has only {confidence:.0%} probability, below the {threshold:.0%} "
+        f"{subject} ({letter}) has only {confidence:.0%} probability, below the {threshold:.0%} "
         f"threshold: MedQA abstains. Treat {letter} as a guess and check a reliable source."
     )
+
+
+def unparseable_message(scored_letter: str, scored_confidence: float, cut_off_at: int | None = None) -> str:
+    """Thinking mode, no parseable final "Answer: X" line: MedQA abstains and shows letter scoring's answer."""
+    why = (f"was cut off at {cut_off_at} tokens" if cut_off_at is not None
+           else "gave no parseable final 'Answer: X' line")
+    return (f"The model's reasoning {why}: MedQA abstains. The letter shown is letter scoring's choice "
+            f"({scored_letter}, {scored_confidence:.0%}); treat it as a guess and check a reliable source.")
+
+
+def thinking_note(info: dict[str, Any]) -> str:
+    """One sentence on a thinking-mode answer: where the letter and its confidence come from, and whether the
+    reasoning and letter scoring agree (`info`: `Prediction.thinking`)."""
+    letter, scored, conf = info.get("letter"), info["scored_letter"], info["scored_confidence"]
+    if letter is None:
+        return (f"No answer from the reasoning; the letter shown is letter scoring's ({scored}, {conf:.0%}, one "
+                "forward pass before any reasoning).")
+    source = (f"the confidence is letter scoring's calibrated probability of {letter} (one forward pass, before "
+              "reasoning)")
+    if info.get("agrees"):
+        return f"The reasoning answered {letter}, letter scoring's choice too; {source}."
+    return (f"The reasoning answered {letter} but letter scoring prefers {scored} ({conf:.0%}): they disagree; "
+            f"{source}.")
 
 
 def shown_threshold(calibration: dict[str, Any] | None, threshold: float | None = None) -> float | None:
@@ -168,11 +197,58 @@ def generation_kwargs(rule: StopRule, max_new_tokens: int, cancel: threading.Eve
     return kw
 
 
-def _make_streamer(tokenizer: Any) -> Any:
+@dataclass(frozen=True)
+class Generation:
+    """One generated completion: its text (cut at the stop rule), the tokens generated (the stop token
+    included) and why it stopped: end_of_turn, or max_new_tokens (cut off at the limit)."""
+
+    text: str
+    tokens: int
+    stop_reason: str
+
+    @property
+    def cut_off(self) -> bool:
+        return self.stop_reason == "max_new_tokens"
+
+
+def generated_length(rule: StopRule, ids: list[int]) -> tuple[int, bool]:
+    """(tokens generated up to and including the stop, whether the stop rule ended the row); after the stop a
+    batched row holds only padding."""
+    seq = rule.seq
+    for j, t in enumerate(ids):
+        if t in rule.ids or (seq is not None and j + 1 >= len(seq) and ids[j + 1 - len(seq) : j + 1] == seq):
+            return j + 1, True
+    return len(ids), False
+
+
+def skipped_ids(tokenizer: Any, keep: Sequence[str] = ()) -> set[int]:
+    """The special token ids a decoded completion leaves out, except the tokens in `keep` (e.g. the reasoning
+    block's <think> / </think>, special in some tokenizers and not in others)."""
+    ids = set(getattr(tokenizer, "all_special_ids", None) or [])
+    ids |= {int(i) for i, t in (getattr(tokenizer, "added_tokens_decoder", None) or {}).items()
+            if getattr(t, "special", False)}
+    if keep:
+        vocab = tokenizer.get_vocab()
+        ids -= {vocab[t] for t in keep if t in vocab}
+    return ids
+
+
+def decode_generated(tokenizer: Any, ids: list[int], skip: set[int] | None = None) -> str:
+    """Generated ids as text without special tokens (`skip`: the ids to leave out, from `skipped_ids`; None: every
+    special token)."""
+    if skip is None:
+        return tokenizer.decode(ids, skip_special_tokens=True)
+    return tokenizer.decode([t for t in ids if t not in skip], skip_special_tokens=False)
+
+
+def _make_streamer(tokenizer: Any, keep: Sequence[str] = ()) -> Any:
     from transformers import TextIteratorStreamer
 
+    skip = skipped_ids(tokenizer, keep) if keep else None
+
     class _TimedStreamer(TextIteratorStreamer):
-        """Records when the first new token arrives (before word-boundary buffering) and counts them."""
+        """Records when the first new token arrives (before word-boundary buffering) and counts them; with
+        `keep`, special tokens are dropped here (those kept stay in the text)."""
 
         first_token_at: float | None = None
         n_tokens = 0
@@ -186,9 +262,13 @@ def _make_streamer(tokenizer: Any) -> Any:
                         self.first_token_at = time.perf_counter()
                     self.n_tokens += len(flat)
                     self.last_id = int(flat[-1])
+                if skip is not None:
+                    import torch
+
+                    value = torch.tensor([t for t in flat if t not in skip], dtype=value.dtype)
             super().put(value)
 
-    return _TimedStreamer(tokenizer, skip_prompt=True, timeout=STREAM_TIMEOUT_S, skip_special_tokens=True)
+    return _TimedStreamer(tokenizer, skip_prompt=True, timeout=STREAM_TIMEOUT_S, skip_special_tokens=skip is None)
 
 
 @dataclass
@@ -202,13 +282,14 @@ class StreamStats:
 
 
 def stream_generate(model: Any, tokenizer: Any, prompt_ids: list[int], rule: StopRule, max_new_tokens: int,
-                    stats: StreamStats) -> Iterator[str]:
-    """Greedy generation after `prompt_ids`, yielding the text so far (cut at the stop rule) whenever it grows.
+                    stats: StreamStats, keep: Sequence[str] = ()) -> Iterator[str]:
+    """Greedy generation after `prompt_ids`, yielding the text so far (cut at the stop rule) whenever it grows;
+    special tokens are left out of the text except those in `keep`.
     Closing the generator stops generation; an error in the generation thread is raised here."""
     import torch
 
     input_ids = torch.tensor([prompt_ids], dtype=torch.long, device=next(model.parameters()).device)
-    streamer = _make_streamer(tokenizer)
+    streamer = _make_streamer(tokenizer, keep)
     cancel = threading.Event()
     errors: list[BaseException] = []
 

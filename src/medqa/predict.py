@@ -2,7 +2,9 @@
 
 The letter comes from the same scorer as evaluation (one forward pass, next-token probabilities of the
 option letters); the explanation is generated greedily *after* the chosen answer, in the training target's
-format, and streams as it is generated. This module reads question files, prints results and holds the CLI;
+format, and streams as it is generated. `--thinking`: the model reasons first and the answer is the letter of
+its final "Answer: X" line; its confidence is letter scoring's calibrated probability of that letter, and a
+disagreement with letter scoring is said. This module reads question files, prints results and holds the CLI;
 the answering itself (validation, scoring, the abstention rule, generation) is `Answerer`'s.
 
     from medqa.predict import answer
@@ -31,6 +33,7 @@ from medqa.inference import (  # noqa: F401  (re-exported: the names predict has
     DEFAULT_MAX_NEW_TOKENS,
     DEFAULT_THRESHOLD,
     DISCLAIMER,
+    THINKING_MAX_NEW_TOKENS,
     MAX_OPTION_CHARS,
     MAX_OPTIONS,
     MAX_QUESTION_CHARS,
@@ -51,20 +54,20 @@ def disclaimer() -> str:
 
 
 def answer_stream(model: Any, tokenizer: Any, question: str, options: Sequence[str], threshold: float | None = None,
-                  explain: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, protocol: str | None = None,
-                  fmt: Any = None) -> Iterator[Prediction]:
+                  explain: bool = True, max_new_tokens: int | None = None, protocol: str | None = None,
+                  fmt: Any = None, thinking: bool = False) -> Iterator[Prediction]:
     """`Answerer(model, tokenizer, protocol).answer_stream(...)`: the scored letter, then explanation snapshots."""
     return Answerer(model, tokenizer, protocol, fmt=fmt).answer_stream(question, options, threshold, explain,
-                                                                       max_new_tokens)
+                                                                       max_new_tokens, thinking)
 
 
 def answer(model: Any, tokenizer: Any, question: str, options: Sequence[str], threshold: float | None = None,
-           explain: bool = True, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+           explain: bool = True, max_new_tokens: int | None = None,
            on_token: Callable[[str], None] | None = None, on_letter: Callable[[Prediction], None] | None = None,
-           protocol: str | None = None, fmt: Any = None) -> Prediction:
+           protocol: str | None = None, fmt: Any = None, thinking: bool = False) -> Prediction:
     """`Answerer(model, tokenizer, protocol).answer(...)`: answer one question, with letter / token callbacks."""
     return Answerer(model, tokenizer, protocol, fmt=fmt).answer(question, options, threshold, explain, max_new_tokens,
-                                                                on_token, on_letter)
+                                                                on_token, on_letter, thinking)
 
 
 # ----------------------------------------------------------------------------- input files
@@ -142,10 +145,25 @@ def add_predict_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def add_answer_arguments(p: argparse.ArgumentParser, threshold_help: str) -> None:
-    """`--threshold` and `--max-new-tokens`, shared by `predict` and `demo`."""
+    """`--threshold`, `--max-new-tokens` and `--thinking`, shared by `predict` and `demo`."""
     p.add_argument("--threshold", type=float, default=None,
                    help=f"{threshold_help} (default: the adapter's calibrated rule, else {DEFAULT_THRESHOLD})")
-    p.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS, help="explanation length cap")
+    p.add_argument("--max-new-tokens", type=int, default=None,
+                   help=f"explanation (or reasoning) length cap (default {DEFAULT_MAX_NEW_TOKENS}; "
+                        f"{THINKING_MAX_NEW_TOKENS} with --thinking)")
+    p.add_argument("--thinking", action="store_true",
+                   help="thinking mode: the model reasons first (Qwen3 thinking mode; a plain-text rationale for "
+                        "other models) and answers with the letter of its final 'Answer: X' line; the confidence "
+                        "shown is letter scoring's calibrated probability of that letter (disagreement is flagged)")
+
+
+def resolve_answer_arguments(args: argparse.Namespace) -> None:
+    """`--max-new-tokens` unset: DEFAULT_MAX_NEW_TOKENS, or THINKING_MAX_NEW_TOKENS with `--thinking`; then checked."""
+    if args.max_new_tokens is None:
+        args.max_new_tokens = THINKING_MAX_NEW_TOKENS if args.thinking else DEFAULT_MAX_NEW_TOKENS
+    if args.thinking and getattr(args, "no_explain", False):
+        raise ConfigError("--thinking generates the reasoning; it cannot be combined with --no-explain")
+    check_settings(args.threshold, args.max_new_tokens, flag="--")
 
 
 def load_answerer(args: argparse.Namespace, quiet: bool = False) -> Answerer:
@@ -169,10 +187,12 @@ def _bar(p: float, width: int, stream: TextIO) -> str:
     return full * n + empty * (width - n)
 
 
-def _print_header(pred: Prediction, out: TextIO, label: str) -> None:
-    print(f"{label}{_safe(pred.question)}", file=out)
-    print(f"Answer: {pred.letter}. {_safe(pred.option)}  "
-          f"({pred.confidence:.1%}; letter in {pred.seconds_to_letter:.2f} s)", file=out)
+def _print_header(pred: Prediction, out: TextIO, label: str | None) -> None:
+    if label is not None:
+        print(f"{label}{_safe(pred.question)}", file=out)
+    how = (f"letter scoring's calibrated probability of {pred.letter}: {pred.confidence:.1%}" if pred.thinking
+           else f"{pred.confidence:.1%}; letter in {pred.seconds_to_letter:.2f} s")
+    print(f"Answer: {pred.letter}. {_safe(pred.option)}  ({how})", file=out)
     for i, opt in enumerate(pred.options):
         L = LETTERS[i]
         p = pred.probabilities[L]
@@ -187,7 +207,7 @@ def _questions(args: argparse.Namespace, stdin: TextIO | None) -> list[dict[str,
     """The questions asked, validated (before any model is loaded)."""
     if args.input and (args.question or args.option):
         raise ConfigError("give either --question/--option or --input, not both")
-    check_settings(args.threshold, args.max_new_tokens, flag="--")
+    resolve_answer_arguments(args)
     if args.input:
         return read_questions(args.input, stdin)
     if args.question is not None or args.option:
@@ -196,27 +216,53 @@ def _questions(args: argparse.Namespace, stdin: TextIO | None) -> list[dict[str,
     raise ConfigError(f"give --question and --option ({MIN_OPTIONS}-{MAX_OPTIONS} times), or --input FILE|-")
 
 
+def _print_thinking(pred: Prediction, out: TextIO) -> None:
+    """After the reasoning: the answer it gave (or none), with letter scoring's probabilities and the agreement."""
+    t = pred.thinking or {}
+    _print_header(pred, out, None)
+    print(f"Thinking: {_safe(t.get('note', ''))}", file=out)
+    out.flush()
+
+
 def _print_answer(answerer: Answerer, item: dict[str, Any], label: str, args: argparse.Namespace, out: TextIO) -> None:
-    """One question for people: the header once the letter is scored, then the explanation as it streams."""
+    """One question for people: the header once the letter is scored, then the explanation as it streams.
+    Thinking mode: the question, the reasoning as it streams, then the answer it gave."""
     started = False
+    thinking = bool(getattr(args, "thinking", False))
+    heading = "Reasoning: " if thinking else "Explanation: "
 
     def on_token(piece: str) -> None:
         nonlocal started
         if not started:
-            out.write("Explanation: ")
+            out.write(heading)
             started = True
         out.write(_safe(piece))
         out.flush()
 
+    def on_letter(p: Prediction) -> None:
+        if thinking:
+            print(f"{label}{_safe(p.question)}", file=out)
+        else:
+            _print_header(p, out, label)
+
     explain = not args.no_explain
     pred = answerer.answer(item["question"], item["options"], args.threshold, explain, args.max_new_tokens,
-                           on_token=on_token, on_letter=lambda p: _print_header(p, out, label))
-    if explain:
+                           on_token=on_token, on_letter=on_letter, thinking=thinking)
+    if thinking:
         if not started:
+            out.write("Reasoning: (none generated)")
+        print(file=out)
+        _print_thinking(pred, out)
+    if explain:
+        if not started and not thinking:
             out.write("Explanation: (none generated)")
         first = f"{pred.seconds_to_first_token:.2f} s" if pred.seconds_to_first_token is not None else "n/a"
-        out.write(f"\n(first explanation token after {first}; {pred.seconds_total:.2f} s total; "
-                  f"stopped: {pred.stop_reason})\n")
+        if thinking:
+            out.write(f"(first reasoning token after {first}; {pred.seconds_total:.2f} s total; "
+                      f"{pred.generated_tokens} tokens; stopped: {pred.stop_reason})\n")
+        else:
+            out.write(f"\n(first explanation token after {first}; {pred.seconds_total:.2f} s total; "
+                      f"stopped: {pred.stop_reason})\n")
     print(file=out)
 
 
@@ -233,7 +279,7 @@ def predict_main(args: argparse.Namespace, stdout: TextIO | None = None, stdin: 
     for n, item in enumerate(items, start=1):
         if args.json:
             pred = answerer.answer(item["question"], item["options"], args.threshold, not args.no_explain,
-                                   args.max_new_tokens)
+                                   args.max_new_tokens, thinking=args.thinking)
             pred.extra = {k: item[k] for k in ("id", "row") if k in item}
             print(json.dumps(pred.to_dict(), ensure_ascii=False), file=out, flush=True)
         else:

@@ -87,3 +87,33 @@ def letter_table(summary: Mapping[str, Any]) -> str:
     pred = summary["pred_letter_distribution"]
     rows = [[letter, gold, pred.get(letter, 0)] for letter, gold in summary["gold_letter_distribution"].items()]
     return markdown_table(rows, ("letter", "gold", "predicted"))
+
+
+def thinking_section(summary: Mapping[str, Any]) -> str:
+    """Thinking mode beside the one-pass letter score of the same questions (`summary["thinking"]`, from
+    `evaluate.thinking_summary`): both accuracies with their intervals, then agreement, paired correctness,
+    unparseable answers, tokens generated per question and the share cut off at the token limit."""
+    t = summary["thinking"]
+    n, ls, paired, tok = t["n"], t["letter_scoring"], t["paired"], t["tokens"]
+    how = ("the chat template's thinking mode" if t.get("template_thinking")
+           else "a plain-text rationale; the model has no thinking switch")
+    table = markdown_table([["one-pass letter scoring", n, pct(ls["accuracy"]), ci_text(ls["ci95"])],
+                            ["thinking: reasoning, then 'Answer: X'", n, f"**{pct(t['accuracy'])}**",
+                             ci_text(t["ci95"])]], ("mode", "n", "accuracy", "95 % CI"))
+    lines = [
+        "## Thinking mode",
+        "",
+        f"The model reasons first ({how}), then the letter is read strictly from its final 'Answer: X' line; "
+        "an answer without one is unparseable and counted wrong.",
+        "",
+        *table.splitlines(),
+        "",
+        f"- Agreement with letter scoring (parsed letter = letter scoring's choice): "
+        f"{pct(t['agreement_with_letter_scoring'])}",
+        f"- Paired: both correct {paired['both_correct']}, only thinking {paired['thinking_only']}, only letter "
+        f"scoring {paired['scoring_only']}, neither {paired['neither']}",
+        f"- Unparseable (counted wrong): {t['unparseable']} of {n} ({pct(t['unparseable_share'])})",
+        f"- Tokens generated per question: mean {tok['mean']:.1f}, median {tok['median']:.0f}, max {tok['max']}",
+        f"- Cut off at max_new_tokens = {t['max_new_tokens']}: {t['cut_off']} of {n} ({pct(t['cut_off_share'])})",
+    ]
+    return "\n".join(lines) + "\n"

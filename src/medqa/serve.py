@@ -2,7 +2,11 @@
 
 The demo answers one question at a time through a queue (bounded size, bounded concurrency):
 an answer card with the letter, a confidence badge, a probability bar per option and an abstention
-message below the threshold, then the explanation streamed token by token. Everything a user
+message below the threshold, then the explanation streamed token by token. In thinking mode
+(`build_demo(..., thinking=True)`, `medqa demo --thinking`) the model reasons first: the card answers with
+the letter of its final "Answer: X" line, its confidence is letter scoring's calibrated probability of that
+letter (a real probability, computed before the reasoning; a disagreement with letter scoring is said), and
+the reasoning sits collapsed under the answer. Everything a user
 typed or the model wrote is rendered inertly (HTML-escaped, or in plain text boxes).
 
 API endpoints (for `gradio_client`):
@@ -39,8 +43,10 @@ from medqa.predict import (
     MAX_QUESTION_CHARS,
     MIN_OPTIONS,
     MODEL_FLAGS,
+    THINKING_MAX_NEW_TOKENS,
     add_answer_arguments,
     load_answerer,
+    resolve_answer_arguments,
 )
 
 DEFAULT_HOST = "127.0.0.1"
@@ -76,6 +82,14 @@ CARD_CSS = """
 .mq-guarantee { margin-top: 10px; font-size: 13px; color: var(--body-text-color-subdued); }
 .mq-meta { margin-top: 10px; font-size: 12px; color: var(--body-text-color-subdued); }
 .mq-disclaimer { margin-top: 8px; font-size: 12px; color: var(--body-text-color-subdued); }
+.mq-thinking { margin-top: 10px; font-size: 14px; }
+.mq-thinking[data-agrees="false"] { padding: 6px 10px; border-left: 4px solid #6366f1; background: #eef2ff;
+  color: #312e81; border-radius: 4px; }
+.mq-reasoning { margin-top: 10px; }
+.mq-reasoning summary { cursor: pointer; font-weight: 600; }
+.mq-reasoning-text { white-space: pre-wrap; font-size: 13px; margin-top: 6px; overflow-wrap: anywhere; }
+.mq-final { margin-top: 6px; font-size: 13px; font-weight: 600; overflow-wrap: anywhere; }
+.mq-caption { margin-top: 10px; font-size: 12px; color: var(--body-text-color-subdued); }
 """
 
 NOTICE_CSS = """
@@ -122,25 +136,59 @@ def render_card(pred: Prediction) -> str:
     abstain = f'<div class="mq-abstain" role="alert">{_e(pred.abstention)}</div>' if pred.abstention else ""
     guarantee = (f'<div class="mq-guarantee" data-applies="{str(pred.guarantee.get("applies", True)).lower()}">'
                  f'{_e(pred.guarantee["text"])}</div>' if pred.guarantee else "")
-    meta = f"letter in {pred.seconds_to_letter:.2f} s"
+    generated = "reasoning" if pred.thinking is not None else "explanation"
+    meta = f"letter {'scored ' if pred.thinking is not None else ''}in {pred.seconds_to_letter:.2f} s"
     if pred.seconds_to_first_token is not None:
-        meta += f" · first explanation token after {pred.seconds_to_first_token:.2f} s"
+        meta += f" · first {generated} token after {pred.seconds_to_first_token:.2f} s"
     if pred.done and pred.seconds_total is not None:
         meta += f" · done in {pred.seconds_total:.2f} s"
     elif not pred.done:
-        meta += " · explaining…"
+        meta += " · reasoning…" if pred.thinking is not None else " · explaining…"
+    mode = ' data-mode="thinking"' if pred.thinking is not None else ""
     return (
         f'<div class="mq-card" data-state="{"done" if pred.done else "streaming"}" data-letter="{pred.letter}" '
-        f'data-confidence="{pred.confidence:.6f}" data-level="{level}">'
+        f'data-confidence="{pred.confidence:.6f}" data-level="{level}"{mode}>'
         f'<div class="mq-head"><span class="mq-letter">{pred.letter}</span>'
         f'<span class="mq-answer">{_e(pred.option)}</span>'
         f'<span class="mq-badge mq-{level}">{badge}: {pred.confidence:.0%}</span></div>'
+        f"{thinking_block(pred)}"
         f"{abstain}"
-        f'<div class="mq-probs">{"".join(rows)}</div>'
+        f"{reasoning_block(pred)}"
+        + ('<div class="mq-caption">Letter scoring (one forward pass on the question, calibrated):</div>'
+           if pred.thinking is not None else "")
+        + f'<div class="mq-probs">{"".join(rows)}</div>'
         f"{guarantee}"
         f'<div class="mq-meta">{_e(meta)}</div>'
         f'<div class="mq-disclaimer">{_e(DISCLAIMER)}</div></div>'
     )
+
+
+def thinking_block(pred: Prediction) -> str:
+    """Thinking mode: where the answer and its confidence come from, and whether reasoning and letter scoring agree
+    (while the model reasons: what the card shows until then)."""
+    t = pred.thinking
+    if t is None:
+        return ""
+    if t.get("status") != "done":
+        text = (f"The model is reasoning; its final answer replaces this one when it ends. Letter scoring (one "
+                f"forward pass) chose {t['scored_letter']} ({t['scored_confidence']:.0%}).")
+        return f'<div class="mq-thinking" data-agrees="pending">{_e(text)}</div>'
+    agrees = {True: "true", False: "false", None: "none"}[t.get("agrees")]
+    return f'<div class="mq-thinking" data-agrees="{agrees}">{_e(t.get("note", ""))}</div>'
+
+
+def reasoning_block(pred: Prediction) -> str:
+    """Thinking mode, once done: the reasoning and the final line, collapsed (<details> without `open`)."""
+    t = pred.thinking
+    if t is None or t.get("status") != "done":
+        return ""
+    cut = ", cut off at the token limit" if t.get("cut_off") else ""
+    final = t.get("final_line") or "(no final line)"
+    return (f'<details class="mq-reasoning" data-tokens="{int(t.get("tokens", 0))}" '
+            f'data-cut-off="{str(bool(t.get("cut_off"))).lower()}">'
+            f'<summary>Reasoning ({int(t.get("tokens", 0))} tokens{cut}; may be wrong)</summary>'
+            f'<div class="mq-reasoning-text">{_e(t.get("reasoning") or "(none)")}</div>'
+            f'<div class="mq-final">Final line: {_e(final)}</div></details>')
 
 
 def example_rows(records: Sequence[MCQRecord] | None = None, n: int = 8) -> tuple[list[list[Any]], list[str]]:
@@ -175,7 +223,7 @@ def build_demo(
     tokenizer: Any = None,
     *,
     threshold: float | None = None,
-    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    max_new_tokens: int | None = None,
     protocol: str | None = None,
     model_name: str | None = None,
     examples: Sequence[MCQRecord] | None = None,
@@ -183,30 +231,35 @@ def build_demo(
     queue_size: int = DEFAULT_QUEUE_SIZE,
     concurrency: int = DEFAULT_CONCURRENCY,
     title: str = "MedQA — medical multiple-choice study aid",
+    thinking: bool = False,
 ) -> Any:
     """A Gradio Blocks app with its queue configured (max size, concurrency limit). Launch it yourself.
 
     `model`: an `Answerer`, or a loaded model with its `tokenizer` (and `protocol`: None, the one the adapter
     or merged model was trained with, else chat). `threshold` None: the abstention rule calibrated with the
-    adapter (`calibrate.abstains`), else 0.5."""
+    adapter (`calibrate.abstains`), else 0.5. `thinking`: the model reasons first (see the module docstring);
+    `max_new_tokens` None: DEFAULT_MAX_NEW_TOKENS, or THINKING_MAX_NEW_TOKENS thinking."""
     import gradio as gr
 
+    if max_new_tokens is None:
+        max_new_tokens = THINKING_MAX_NEW_TOKENS if thinking else DEFAULT_MAX_NEW_TOKENS
     check_settings(threshold, max_new_tokens)
     if queue_size < 1 or concurrency < 1:
         raise ConfigError("queue size and concurrency must be at least 1")
     answerer = model if isinstance(model, Answerer) else Answerer(model, tokenizer, protocol)
-    ask, answer_api = _handlers(gr, answerer, threshold, max_new_tokens)
+    ask, answer_api = _handlers(gr, answerer, threshold, max_new_tokens, thinking)
     with gr.Blocks(title=title, analytics_enabled=False) as demo:
-        ui = _layout(gr, title, examples, n_examples)
+        ui = _layout(gr, title, examples, n_examples, thinking)
         gr.HTML(f'<p class="mq-about" style="font-size: 13px; opacity: 0.8">'
-                f'{_e(about_text(answerer, threshold, model_name))}</p>', js_on_load=None)
+                f'{_e(about_text(answerer, threshold, model_name, thinking, max_new_tokens))}</p>', js_on_load=None)
         _wire(gr, ui, ask, answer_api, concurrency)
     demo.queue(max_size=queue_size, default_concurrency_limit=concurrency, api_open=False)
     return demo
 
 
-def about_text(answerer: Answerer, threshold: float | None, model_name: str | None) -> str:
-    """What the page says about the model, the scoring and the abstention rule in force."""
+def about_text(answerer: Answerer, threshold: float | None, model_name: str | None, thinking: bool = False,
+               max_new_tokens: int | None = None) -> str:
+    """What the page says about the model, the scoring and the abstention rule in force (and thinking mode)."""
     shown = shown_threshold(answerer.calibration, threshold)
     guarantee = guarantee_info(answerer.calibration, threshold)
     rule = (f"answers below {shown:.0%} confidence are flagged and MedQA abstains" if shown is not None
@@ -214,11 +267,16 @@ def about_text(answerer: Answerer, threshold: float | None, model_name: str | No
     return (f"Model: {model_name}. " if model_name else "") + (
         f"The letter is scored from the model's next-token probabilities over the option letters; {rule}. "
         + (f"{guarantee['text']} " if guarantee else "")
+        + (f"Thinking mode: the model reasons first (up to {max_new_tokens} tokens) and answers with the letter of "
+           "its final 'Answer: X' line; the confidence shown is letter scoring's calibrated probability of that "
+           "letter, computed before the reasoning, and a disagreement between the two is shown. "
+           if thinking else "")
         + f"Questions up to {MAX_QUESTION_CHARS} characters, options up to {MAX_OPTION_CHARS}."
     )
 
 
-def _handlers(gr: Any, answerer: Answerer, threshold: float | None, max_new_tokens: int) -> tuple[Any, Any]:
+def _handlers(gr: Any, answerer: Answerer, threshold: float | None, max_new_tokens: int,
+              thinking: bool = False) -> tuple[Any, Any]:
     """The `/ask` (streaming) and `/answer` endpoints; input errors become clear `gr.Error` messages."""
 
     def input_error(e: InputError) -> Exception:
@@ -233,7 +291,8 @@ def _handlers(gr: Any, answerer: Answerer, threshold: float | None, max_new_toke
         if not MIN_OPTIONS <= n <= MAX_OPTIONS:
             raise gr.Error("Number of options must be 2, 3, 4 or 5.", title="Check your input")
         try:
-            for snap in answerer.answer_stream(question, [a, b, c, d, e][:n], threshold, True, max_new_tokens):
+            for snap in answerer.answer_stream(question, [a, b, c, d, e][:n], threshold, True, max_new_tokens,
+                                               thinking):
                 first = snap.explanation == "" and not snap.done
                 yield (render_card(snap) if (first or snap.done) else gr.skip(), snap.explanation or "",
                        snap.to_dict() if snap.done else gr.skip())
@@ -245,15 +304,18 @@ def _handlers(gr: Any, answerer: Answerer, threshold: float | None, max_new_toke
         option's probability, a low-confidence flag with an abstention message, the explanation, timings
         and the disclaimer (a study aid, not medical advice)."""
         try:
-            return answerer.answer(question, options, threshold, bool(explain), max_new_tokens).to_dict()
+            return answerer.answer(question, options, threshold, bool(explain), max_new_tokens,
+                                   thinking=thinking).to_dict()
         except InputError as err:
             raise input_error(err) from None
 
     return ask, answer_api
 
 
-def _layout(gr: Any, title: str, examples: Sequence[MCQRecord] | None, n_examples: int) -> dict[str, Any]:
-    """The page: disclaimer, question and option boxes, answer card, streamed explanation, examples."""
+def _layout(gr: Any, title: str, examples: Sequence[MCQRecord] | None, n_examples: int,
+            thinking: bool = False) -> dict[str, Any]:
+    """The page: disclaimer, question and option boxes, answer card, streamed explanation (thinking: the streamed
+    reasoning, collapsed), examples."""
     notice = (
         f'<div class="mq-notice" id="mq-disclaimer" role="note"><strong>Study aid, not medical advice.</strong> '
         f"{_e(DISCLAIMER)} Answers come from a small language model and are often wrong; never use them "
@@ -277,8 +339,13 @@ def _layout(gr: Any, title: str, examples: Sequence[MCQRecord] | None, n_example
         with gr.Column(scale=1):
             ui["card"] = gr.HTML(empty_card(), label="Answer card", css_template=CARD_CSS, js_on_load=None,
                                  elem_id="answer-card")
-            ui["explanation"] = gr.Textbox(label="Explanation (streamed; may be wrong)", lines=6, max_lines=20,
-                                           interactive=False, elem_id="explanation")
+            if thinking:
+                with gr.Accordion("Reasoning as it streams (may be wrong)", open=False, elem_id="reasoning-stream"):
+                    ui["explanation"] = gr.Textbox(label="Reasoning (streamed; may be wrong)", lines=6, max_lines=20,
+                                                   interactive=False, elem_id="explanation")
+            else:
+                ui["explanation"] = gr.Textbox(label="Explanation (streamed; may be wrong)", lines=6, max_lines=20,
+                                               interactive=False, elem_id="explanation")
             with gr.Accordion("Full result (JSON)", open=False):
                 ui["details"] = gr.JSON(label="Result", elem_id="details")
     gr.Examples(examples=rows, inputs=[ui["question"], ui["n_options"], *ui["boxes"]], example_labels=labels,
@@ -333,12 +400,12 @@ def add_demo_parser(subparsers: Any) -> argparse.ArgumentParser:
 def demo_main(args: argparse.Namespace) -> int:
     from medqa.modeling import resolve_base
 
-    check_settings(args.threshold, args.max_new_tokens, flag="--")
+    resolve_answer_arguments(args)
     answerer = load_answerer(args)
     cfg = answerer.config
     name = resolve_base(cfg.model) + (f" + adapter {cfg.model.adapter}" if cfg.model.adapter else "")
     demo = build_demo(answerer, threshold=args.threshold, max_new_tokens=args.max_new_tokens, model_name=name,
-                      queue_size=args.queue_size, concurrency=args.concurrency)
+                      queue_size=args.queue_size, concurrency=args.concurrency, thinking=args.thinking)
     print(f"medqa: {DISCLAIMER}", file=sys.stderr)
     launch(demo, host=args.host, port=args.port, share=args.share)
     return 0

@@ -23,6 +23,7 @@ from medqa.format import PromptFormat
 from medqa.hardware import detect
 from medqa.hygiene import aggregate_accuracy, remove_leakage
 from medqa.io import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from medqa.lm_eval_results import write_lm_eval_results
 from medqa.modeling import load_model, resolve_base, resolve_protocol
 from medqa.recipes.distributed import init_distributed, rank
 from medqa.report import multi_set_table
@@ -83,7 +84,7 @@ def _eval_one(model: Any, tokenizer: Any, cfg: RunConfig, es: EvalSet, out: Path
     return evaluate(model, fmt, records, out, batch_size=cfg.eval.batch_size, meta=meta,
                     low_confidence=cfg.eval.low_confidence, progress=progress,
                     permutations=cfg.eval.permutations, generate=cfg.eval.generate,
-                    max_new_tokens=cfg.eval.max_new_tokens,
+                    max_new_tokens=cfg.eval.max_new_tokens, thinking=cfg.eval.thinking,
                     calibration=calibration if calibration is not None
                     else getattr(model, "medqa_calibration", None) or load_calibration(cfg.model.adapter))
 
@@ -117,10 +118,15 @@ def evaluate_sets(model: Any, tokenizer: Any, cfg: RunConfig, sets: dict[str, Ev
                progress: bool, calibration: dict[str, Any] | None = None) -> dict[str, Any]:
     """One set: its summary, written to `out`. Several: each in `out/NAME`, pooled summary in `out`."""
     if len(sets) == 1:
-        return _eval_one(model, tokenizer, cfg, next(iter(sets.values())), out, progress, calibration)
+        (name, es), = sets.items()
+        summary = _eval_one(model, tokenizer, cfg, es, out, progress, calibration)
+        if rank() == 0:
+            write_lm_eval_results(out, {name: (es.data, summary)}, cfg)
+        return summary
     results = {name: _eval_one(model, tokenizer, cfg, d, out / name, progress, calibration) for name, d in sets.items()}
     if rank() != 0:
         return results
+    write_lm_eval_results(out, {name: (sets[name].data, r) for name, r in results.items()}, cfg)
     agg = aggregate_accuracy(results)
     k, n = sum(r["correct"] for r in results.values()), agg["n"]
     summary = {
