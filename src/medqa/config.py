@@ -12,7 +12,7 @@ import types
 from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator, model_validator
 
 from medqa.errors import ConfigError
 
@@ -58,7 +58,7 @@ class LoraSettings(_Section):
 class DataConfig(_Section):
     dataset: str = Field(
         "medmcqa", description="dataset family: medmcqa, medqa-usmle, pubmedqa, mmlu, csv, jsonl, demo (the registry "
-        "in medqa.datasets)"
+        "in medqa.datasets); lm-eval task names work too: medqa_4options, mmlu_<subject>"
     )
     path: str | None = Field(None, description="local JSON/JSONL/Parquet/CSV file or Hub dataset id")
     split: str | None = Field(None, description="Hub split (default: train for training, validation for eval)")
@@ -84,6 +84,26 @@ class DataConfig(_Section):
         "auto", description="MedMCQA `cop` indexing: 0 (Hub), 1 (original release) or auto-detect"
     )
 
+    @model_validator(mode="before")
+    @classmethod
+    def _task_names(cls, v: Any) -> Any:
+        """lm-eval task names work as dataset names: medqa_4options -> medqa-usmle, mmlu_<subject> -> mmlu."""
+        if isinstance(v, dict) and isinstance(v.get("dataset"), str):
+            from medqa.datasets import dataset_names, resolve_task_name  # the one registry
+
+            if v["dataset"] in dataset_names():
+                return v
+            try:
+                family, subject = resolve_task_name(v["dataset"])
+            except Exception:
+                raise ValueError(f"unknown dataset {v['dataset']!r}; one of: {', '.join(dataset_names())} or an "
+                                 "lm-eval task name (medmcqa, medqa_4options, pubmedqa, mmlu_<subject>)") from None
+            if subject and v.get("subjects") not in (None, subject):
+                raise ValueError(f"dataset {v['dataset']!r} names the subject {subject!r}, subjects says "
+                                 f"{v['subjects']!r}")
+            v = {**v, "dataset": family, **({"subjects": subject} if subject else {})}
+        return v
+
     @field_validator("dataset")
     @classmethod
     def _known_dataset(cls, v: str) -> str:
@@ -100,6 +120,10 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
+    method: Literal["sft", "grpo"] = Field(
+        "sft", description="sft: LoRA supervised fine-tuning on the answers; grpo: LoRA reinforcement learning with "
+        "TRL's GRPOTrainer on the model's own reasoning, rewarded for the correct final answer letter (see grpo.*)"
+    )
     epochs: float = Field(2.0, gt=0, description="passes over the training data")
     max_steps: int = Field(-1, description="stop after N optimizer steps (-1: run all epochs)")
     batch_size: int = Field(4, ge=1, description="examples per micro-batch on each device")
@@ -129,7 +153,13 @@ class TrainConfig(_Section):
         True, description="run the tokens every row of a batch starts with (system prompt) once per batch"
     )
     lean_activations: bool = Field(
-        True, description="save fewer activations for backward (SwiGLU, LoRA dropout, GQA on CPU): same gradients"
+        True, description="save fewer activations for backward (SwiGLU, LoRA dropout, GQA on CPU): same gradients; "
+        "MedQA's lean path, what train.kernels auto uses where Liger does not run (false: plain)"
+    )
+    kernels: Literal["auto", "liger", "lean", "plain"] = Field(
+        "auto", description="auto: Liger's Triton kernels on CUDA/ROCm when liger-kernel is installed and supports "
+        "the model (pip install \"medqa[liger]\"), else MedQA's lean autograd; liger (an error where it cannot run), "
+        "lean, or plain (nothing patched)"
     )
     eval_size: int = Field(0, ge=0, description="questions held out of training, scored every eval_steps (0: off)")
     eval_steps: int = Field(50, ge=1, description="optimizer steps between evaluations during training")
@@ -138,7 +168,8 @@ class TrainConfig(_Section):
         None, ge=1, description="stop after N evaluations without improvement (needs eval_size)"
     )
     report_to: list[str] = Field(
-        default_factory=lambda: ["tensorboard"], description="trackers: tensorboard, mlflow, trackio, wandb or []"
+        default_factory=lambda: ["auto"], description="trackers: tensorboard, mlflow, trackio, wandb or []; auto: "
+        "TensorBoard when installed (pip install \"medqa[tracking]\"), else none (metrics.jsonl is always written)"
     )
     neftune_alpha: float | None = Field(None, gt=0, description="NEFTune noise on the input embeddings (e.g. 5)")
     torch_compile: bool = Field(False, description="torch.compile the model (CUDA/ROCm; slow first steps)")
@@ -155,6 +186,50 @@ class TrainConfig(_Section):
     )
 
 
+
+class GRPOSettings(_Section):
+    """`train.method grpo`: the model reasons and ends with "Answer: X"; TRL's GRPOTrainer rewards it."""
+
+    num_generations: int = Field(
+        4, ge=2, description="completions sampled per question (the group); train.batch_size x train.grad_accum x "
+        "processes must be a multiple of it (there, batch_size counts completions, not questions)")
+    max_completion_length: int = Field(256, ge=8, description="tokens generated per completion (reasoning + answer)")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature of the completions")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling of the completions (1: off)")
+    thinking: bool = Field(
+        True, description="Qwen3 thinking mode on (a <think> block); models without it write a plain-text rationale")
+    beta: float = Field(0.0, ge=0, description="KL penalty toward the starting model (0: none, no reference pass)")
+    reward_correct: float = Field(1.0, ge=0, description="weight of the correctness reward (1: the gold letter parsed "
+                                  "strictly from the final 'Answer: X' line; 0: wrong or unparseable)")
+    reward_format: float = Field(0.2, ge=0, description="weight of the format reward (1: a closed reasoning block, if "
+                                 "opened, and a parseable final answer line)")
+    length_penalty: float = Field(0.0, ge=0, description="weight of the length penalty (0: off; the penalty grows "
+                                  "from 0 at length_target tokens to -1 at max_completion_length)")
+    length_target: int | None = Field(None, ge=1, description="completion tokens free of the length penalty (unset: "
+                                      "half of max_completion_length)")
+    loss_type: Literal["dapo", "grpo", "dr_grpo", "bnpo"] = Field("dapo", description="TRL's loss aggregation")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="advantages divided by the reward std of the group, of the batch, or not at all")
+    num_iterations: int = Field(1, ge=1, description="optimizer passes over each generated batch")
+    epsilon: float = Field(0.2, gt=0, description="clipping of the policy ratio")
+    mask_truncated_completions: bool = Field(
+        False, description="completions cut at max_completion_length add no loss")
+    use_vllm: bool | Literal["auto"] = Field(
+        "auto", description="generate with vLLM (TRL's switch); auto: when vllm is installed and a CUDA/ROCm GPU is "
+        "in use, else Transformers' generate")
+    vllm_mode: Literal["colocate", "server"] = Field(
+        "colocate", description="vLLM inside the training process (colocate) or a `trl vllm-serve` server")
+    vllm_gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1, description="colocate: share of the GPU memory vLLM reserves (weights + KV cache)")
+    log_completions: int = Field(
+        4, ge=0, description="completions written to OUT/completions.jsonl per logging step, with their parsed "
+        "letter and rewards (0: none)")
+
+
+GENERATE_MAX_NEW_TOKENS = 96  # eval.generate: the answer line and a short explanation
+THINKING_MAX_NEW_TOKENS = 1024  # eval.thinking: the reasoning, then the final answer line
+
+
 class EvalConfig(_Section):
     protocol: Literal["chat", "lm-eval"] | None = Field(
         None, description="chat: the model's chat template; lm-eval: lm-evaluation-harness plain prompt; unset: "
@@ -163,8 +238,17 @@ class EvalConfig(_Section):
     batch_size: int = Field(16, ge=1, description="questions scored per forward pass")
     low_confidence: float = Field(0.5, ge=0, le=1, description="flag answers below this probability")
     permutations: int = Field(0, ge=0, le=5, description="score under N cyclic option permutations (0/1: off)")
+    before: bool = Field(False, description="train: also evaluate the base model before training (OUT/eval_before)")
     generate: bool = Field(False, description="also generate answer + explanation, parse the letter strictly")
-    max_new_tokens: int = Field(96, ge=1, description="tokens generated per answer and explanation")
+    thinking: bool = Field(
+        False, description="with eval.generate (required: thinking alone is an error): the model reasons first "
+        "(Qwen3 thinking mode; a plain-text rationale for other models) and the letter is read strictly from the "
+        "final 'Answer: X' line (unparseable: wrong); reported beside the one-pass letter score"
+    )
+    max_new_tokens: int | None = Field(
+        None, ge=1, description=f"tokens generated per question (unset: {GENERATE_MAX_NEW_TOKENS} for answer + "
+        f"explanation, {THINKING_MAX_NEW_TOKENS} with eval.thinking; the value used is in the resolved config)"
+    )
     few_shot: int = Field(0, ge=0, description="k answered examples before each question (needs few_shot_data)")
     few_shot_data: DataConfig | None = Field(None, description="where few-shot examples come from (a training split)")
     few_shot_seed: int = Field(1234, description="seed choosing the few-shot examples")
@@ -175,6 +259,25 @@ class EvalConfig(_Section):
     guarantee_level: float = Field(
         0.9, gt=0, lt=1, description="confidence level of that guarantee (Clopper-Pearson lower bound of accuracy)"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_max_new_tokens(cls, data: Any) -> Any:
+        """max_new_tokens unset: GENERATE_MAX_NEW_TOKENS, or THINKING_MAX_NEW_TOKENS with eval.thinking."""
+        if isinstance(data, dict) and data.get("max_new_tokens") is None:
+            try:
+                thinking = TypeAdapter(bool).validate_python(data.get("thinking", False))
+            except ValidationError:  # reported by the field's own validation
+                thinking = False
+            data = {**data, "max_new_tokens": THINKING_MAX_NEW_TOKENS if thinking else GENERATE_MAX_NEW_TOKENS}
+        return data
+
+    @model_validator(mode="after")
+    def _thinking_needs_generate(self) -> EvalConfig:
+        if self.thinking and not self.generate:
+            raise ValueError("eval.thinking needs eval.generate true (thinking mode generates the reasoning and the "
+                             "answer); add --eval.generate true")
+        return self
 
 
 class HardwareConfig(_Section):
@@ -210,9 +313,10 @@ class RunConfig(_Section):
         description="named evaluation sets (per-dataset accuracy plus size-weighted and macro means); YAML mapping",
     )
     train: TrainConfig = Field(default_factory=TrainConfig)
+    grpo: GRPOSettings = Field(default_factory=GRPOSettings)
     hardware: HardwareConfig = Field(default_factory=HardwareConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
-    out: str = Field("runs/latest", description="run folder")
+    out: str = Field("runs/latest", description="run folder (the CLI without --out: a new runs/COMMAND-DATE-TIME)")
 
 
 # Transformers / TRL / PEFT / Axolotl names accepted beside MedQA's own, in a section or at the top level of a
@@ -225,7 +329,9 @@ _TOP_LEVEL = {"learning_rate": "train.lr", "gradient_accumulation_steps": "train
               "save_total_limit": "train.save_total_limit", "gradient_checkpointing": "train.gradient_checkpointing",
               "neftune_noise_alpha": "train.neftune_alpha", "report_to": "train.report_to",
               "torch_compile": "train.torch_compile", "output_dir": "out", "lora_r": "lora.r", "lora_alpha": "lora.alpha",
-              "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules"}
+              "lora_dropout": "lora.dropout", "lora_target_modules": "lora.target_modules",
+              "num_generations": "grpo.num_generations", "max_completion_length": "grpo.max_completion_length",
+              "beta": "grpo.beta", "use_vllm": "grpo.use_vllm"}
 # the same names inside the train section (as in TRL's SFTConfig), and a few model / eval / lora spellings
 ALIASES: dict[str, str] = {
     **_TOP_LEVEL, **{f"train.{k}": c for k, c in _TOP_LEVEL.items() if f"train.{k}" != c},
@@ -276,6 +382,8 @@ def _format_validation_error(err: ValidationError, source: str) -> str:
         loc = ".".join(str(x) for x in e["loc"])
         if e["type"] == "extra_forbidden":
             parts.append(f"unknown key '{loc}'")
+        elif e["type"] == "value_error" and isinstance(e.get("input"), dict):  # a section's own check: no dump
+            parts.append(f"'{loc}': {e['msg'].removeprefix('Value error, ')}")
         else:
             parts.append(f"'{loc}': {e['msg']} (got {e.get('input')!r})")
     return f"{source}: invalid config: " + "; ".join(parts)

@@ -32,6 +32,8 @@ SHORTCUTS: dict[str, tuple[str, str]] = {
     "overwrite": ("train.overwrite", "replace the earlier run's outputs in --out (true/false)"),
     "eval-data": ("eval_data.path", "held-out data evaluated after training"),
     "force-base": ("model.force_base", "load the adapter onto --model even if it was trained on another base"),
+    "method": ("train.method", "sft (LoRA supervised fine-tuning) | grpo (LoRA RL on reasoning, TRL's GRPOTrainer)"),
+    "init-adapter": ("model.adapter", "start training from this LoRA adapter (e.g. an SFT run's RUN/adapter)"),
 }
 _SWITCHES = {"resume", "overwrite", "force-base"}  # `--resume` alone means true
 RAW_STRING_FIELDS = {"out", "path", "name", "adapter", "revision", "split"}  # "007" stays a name

@@ -3,6 +3,7 @@ evaluation). Each takes a `RunConfig` and writes its run folder; the CLI is a th
 
     evaluation   run_eval: score a model (+ adapter) on one or several evaluation sets
     lora_sft     run_train / LoRASFTRecipe: setup -> train -> calibrate -> evaluate -> save
+    grpo         run_grpo / GRPORecipe: the same, trained with GRPO on reasoning (train.method grpo)
     quickstart   quickstart: the offline demo (the LoRA SFT recipe with a before/after table)
 
     from medqa import build_config, run_eval
@@ -19,12 +20,14 @@ from medqa.recipes.evaluation import (
     load_eval_sets,
     run_eval,
 )
+from medqa.recipes.grpo import GRPORecipe, run_grpo
 from medqa.recipes.lora_sft import LoRASFTRecipe, fit_calibration, run_train, training_data, training_parts
 from medqa.recipes.quickstart import quickstart, quickstart_config_path
 from medqa.report import before_after_table
 
 __all__ = [
-    "run_eval", "run_train", "quickstart", "quickstart_config_path", "LoRASFTRecipe", "EvalSet",
+    "run_eval", "run_train", "run_grpo", "GRPORecipe", "quickstart", "quickstart_config_path", "LoRASFTRecipe",
+    "EvalSet",
     "load_eval_sets", "evaluation_sets", "evaluate_sets", "few_shot_examples", "describe_data",
     "training_data", "training_parts", "fit_calibration", "before_after_table", "init_distributed",
 ]

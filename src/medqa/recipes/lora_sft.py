@@ -36,8 +36,13 @@ from medqa.training import prepare_run_dir
 
 
 def run_train(cfg: RunConfig, eval_before: bool = False, progress: bool = True) -> dict[str, Any]:
-    """LoRA fine-tune; with `eval_data` / `eval_sets`, evaluate after (and optionally before) training."""
-    return LoRASFTRecipe(cfg, eval_before=eval_before, progress=progress).run()
+    """LoRA fine-tune; with `eval_data` / `eval_sets`, evaluate after (and optionally before) training.
+    `train.method: grpo` runs the GRPO recipe (medqa.recipes.grpo) instead of supervised fine-tuning."""
+    if cfg.train.method == "grpo":
+        from medqa.recipes.grpo import GRPORecipe
+
+        return GRPORecipe(cfg, eval_before=eval_before or cfg.eval.before, progress=progress).run()
+    return LoRASFTRecipe(cfg, eval_before=eval_before or cfg.eval.before, progress=progress).run()
 
 
 class LoRASFTRecipe:

@@ -8,8 +8,9 @@
     trainer      MedQATrainer (the Transformers Trainer with the above), its arguments, metrics log
     report       train_summary.json, train_report.md, train_curves.png
     loop         `train`: one fine-tuning run from the blocks
+    grpo         `train_grpo`: one GRPO run (TRL's GRPOTrainer) with the same run folder and reports
 
-`trainer` and `loop` import the Transformers Trainer (seconds); their names load on first use.
+`trainer`, `loop` and `grpo` import the Transformers Trainer (and TRL) (seconds); their names load on first use.
 """
 
 from medqa.training.checkpoints import (
@@ -38,7 +39,7 @@ from medqa.training.report import train_summary, write_train_report
 
 _LAZY = {
     "MedQATrainer": "trainer", "MetricsLog": "trainer", "installed_trackers": "trainer",
-    "training_kwargs": "trainer", "zero3_loading": "trainer", "train": "loop",
+    "training_kwargs": "trainer", "zero3_loading": "trainer", "train": "loop", "train_grpo": "grpo",
 }
 
 

@@ -63,13 +63,15 @@ RUN_FILE = "medqa_run.json"  # in every checkpoint: the identity of the run that
 # what a run writes into OUT; --overwrite removes exactly these (anything else in OUT is left alone)
 RUN_OUTPUTS = ("checkpoints", "best", "adapter", "eval_before", "eval_after", "tensorboard", "metrics.jsonl",
                "config.yaml", "train_summary.json", "run_summary.json", "train_report.md", "train_curves.png",
-               "quickstart.md")
+               "quickstart.md", "completions.jsonl")
 # settings a resumed run may change: how long it runs (train longer), how it reports, and how it computes
 # the same gradients (e.g. gradient checkpointing after running out of memory)
 _NOT_IDENTITY = {"train": {"resume", "overwrite", "report_to", "memory_check", "logging_steps", "save_steps",
                            "save_total_limit", "max_steps", "epochs", "eval_steps", "keep_best",
                            "early_stopping_patience", "gradient_checkpointing", "torch_compile", "lean_activations",
-                           "shared_prefix", "target_only_logits"}}
+                           "shared_prefix", "target_only_logits", "kernels"},
+                 # GRPO: how completions are generated (vLLM or not) and how many are logged
+                 "grpo": {"use_vllm", "vllm_mode", "vllm_gpu_memory_utilization", "log_completions"}}
 
 
 def run_identity(cfg: RunConfig) -> dict[str, Any]:
@@ -82,6 +84,9 @@ def run_identity(cfg: RunConfig) -> dict[str, Any]:
     for section, keys in _NOT_IDENTITY.items():
         for k in keys:
             tree[section].pop(k, None)
+    if tree["train"].get("method") == "sft":  # an SFT run is identified as before GRPO existed (resumable)
+        tree["train"].pop("method")
+        tree.pop("grpo", None)
     tree["eval"] = {"protocol": resolve_protocol(cfg)}
     digest = hashlib.sha256(json.dumps(tree, sort_keys=True).encode()).hexdigest()
     return {"config_sha256": digest, "config": tree}
