@@ -64,13 +64,14 @@ def test_mmlu_subjects_are_lm_eval_tasks_under_one_group():
 
 @pytest.mark.parametrize("dataset, path, letters, task", [
     ("medqa_4options", "US/test.jsonl", "ABCD", "medqa_4options"),
-    ("medqa-usmle", "US/test.jsonl", "ABCDE", "eval"),  # five options: not lm-eval's four-option task
+    ("medqa-usmle", "US/test.jsonl", "ABCDE", "medqa_usmle_5options"),  # not lm-eval's four-option task
     ("pubmedqa", "ori_pqal.json", "ABC", "pubmedqa"),
     ("mmlu_anatomy", "mmlu", "ABCD", "mmlu_anatomy"),
-    ("jsonl", "mine.jsonl", "ABCD", "eval"),
+    ("jsonl", "data/mine.jsonl", "ABCD", "mine"),
+    ("demo", None, "ABCD", "medqa_demo"),
 ])
 def test_task_names(dataset, path, letters, task):
-    cfg = build_config(overrides={"data.dataset": dataset, "data.path": path})
+    cfg = build_config(overrides={"data.dataset": dataset, **({"data.path": path} if path else {})})
     per = {"anatomy": {"n": 5, "accuracy": 0.4}} if dataset.startswith("mmlu") else None
     assert list(task_results("eval", cfg.data, _summary(0.4, 5, per, letters))) == [task]
 

@@ -8,7 +8,8 @@ Scripts and leaderboards that read lm-eval result files (`results[task]["acc,non
      "date": ..., "transformers_version": ..., "medqa": {MedQA's extras: Wilson CI, majority baseline, ECE, ...}}
 
 Task names are lm-eval's (`medmcqa`, `medqa_4options`, `pubmedqa`, `mmlu_<subject>`, MMLU's medical subjects
-grouped under `mmlu_medical`); a local file or the demo set keeps its evaluation-set name. `acc_stderr` is
+grouped under `mmlu_medical`); a local file is named by its evaluation set (or the file's name), the demo set
+`medqa_demo`. `acc_stderr` is
 lm-eval's: the sample standard deviation over questions / sqrt(n) = sqrt(p (1 - p) / (n - 1)). When MedQA's
 prompt is not lm-eval's (protocol "chat"), the alias says so: the same questions, another prompt.
 """
@@ -52,8 +53,11 @@ def task_results(set_name: str, data: Any, summary: dict[str, Any]) -> dict[str,
         return {group: {"acc": summary["accuracy"], "n": summary["n"], "subtasks": list(per)}, **per}
     task = lm_eval_task_name(family, data.subjects)
     if family == "medqa-usmle" and "E" in summary.get("gold_letter_distribution", {}):
-        task = None  # lm-eval's medqa_4options has four options; a five-option file is another task
-    return {task or set_name: {"acc": summary["accuracy"], "n": summary["n"], "subtasks": None}}
+        task = "medqa_usmle_5options"  # lm-eval's medqa_4options has four options: this is another task
+    if task is None:  # a local file or the demo set: its evaluation-set name, else the file's name
+        task = ("medqa_demo" if family == "demo" else set_name if set_name != "eval" or not data.path
+                else Path(data.path).stem)
+    return {task: {"acc": summary["accuracy"], "n": summary["n"], "subtasks": None}}
 
 
 def lm_eval_results(evaluated: dict[str, tuple[Any, dict[str, Any]]], cfg: Any) -> dict[str, Any]:
