@@ -86,7 +86,7 @@ def test_registry_matches_the_config_choices():
 
     for name in dataset_names():
         assert build_config(overrides={"data.dataset": name}).data.dataset == name
-    with pytest.raises(ConfigError, match="unknown dataset family 'medmcqa2'"):
+    with pytest.raises(ConfigError, match="unknown dataset 'medmcqa2'; one of: medmcqa"):
         build_config(overrides={"data.dataset": "medmcqa2"})
 
 

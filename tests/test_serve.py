@@ -4,6 +4,7 @@ test_ship_space.py."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import socket
@@ -252,64 +253,70 @@ def _chromium() -> str | None:
     return shutil.which("chromium") or shutil.which("chromium-browser")
 
 
-@pytest.mark.slow
-def test_browser_example_answer_and_inert_rendering(served):
+@contextlib.contextmanager
+def chromium_page(timeout_ms: int = 60_000):
+    """(page, expect) in a headless Debian Chromium driven by Playwright; skips when either is missing."""
     sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
     exe = _chromium()
     if exe is None:
         pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
-    _, url = served
-    rows, labels = serve.example_rows()
-    expect = sync_api.expect
     with sync_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=exe, headless=True,
                                     args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.set_default_timeout(60_000)
-            page.goto(url, wait_until="domcontentloaded")
-            expect(page.locator("#mq-disclaimer")).to_contain_text("not medical advice")
-            expect(page.locator("#mq-disclaimer")).to_be_visible()
-
-            # an example fills the question and options
-            page.get_by_text(labels[0]).first.click()
-            expect(page.locator("#question textarea")).to_have_value(rows[0][0])
-            expect(page.locator("#option-a textarea, #option-a input").first).to_have_value(rows[0][2])
-
-            page.get_by_role("button", name="Answer", exact=True).click()
-            card = page.locator("#answer-card .mq-card")
-            expect(card).to_have_attribute("data-state", "done")
-            expect(page.locator("#answer-card .mq-letter")).to_have_text("A")
-            expect(page.locator("#answer-card .mq-answer")).to_have_text(rows[0][2])
-            expect(page.locator("#answer-card .mq-row")).to_have_count(4)
-            widths = page.locator("#answer-card .mq-fill").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
-            assert len(widths) == 4 and widths[0] > widths[1] > 0
-            expect(page.locator("#answer-card .mq-badge")).to_contain_text("confidence")
-            expect(page.locator("#explanation textarea")).to_have_value(EXPLANATION)
-            ARTIFACTS.mkdir(exist_ok=True)
-            page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
-
-            # fewer options: the hidden boxes go away
-            page.locator("#n-options").get_by_text("2", exact=True).click()
-            expect(page.locator("#option-c")).to_be_hidden()
-            expect(page.locator("#option-b")).to_be_visible()
-
-            # user text is shown, never executed
-            evil = '<img id="pwned" src="x" onerror="window.__pwned = 1">'
-            page.locator("#option-a textarea, #option-a input").first.fill(evil)
-            page.get_by_role("button", name="Answer", exact=True).click()
-            expect(page.locator("#answer-card .mq-answer")).to_have_text(evil)
-            expect(page.locator("#answer-card .mq-row")).to_have_count(2)
-            expect(card).to_have_attribute("data-state", "done")
-            assert page.locator("#pwned").count() == 0
-            assert page.evaluate("window.__pwned") is None
-
-            # a clear message for bad input
-            page.locator("#question textarea").fill("")
-            page.get_by_role("button", name="Answer", exact=True).click()
-            expect(page.get_by_text("Question is empty.")).to_be_visible()
+            page.set_default_timeout(timeout_ms)
+            yield page, sync_api.expect
         finally:
             browser.close()
+
+
+@pytest.mark.slow
+def test_browser_example_answer_and_inert_rendering(served):
+    _, url = served
+    rows, labels = serve.example_rows()
+    with chromium_page() as (page, expect):
+        page.goto(url, wait_until="domcontentloaded")
+        expect(page.locator("#mq-disclaimer")).to_contain_text("not medical advice")
+        expect(page.locator("#mq-disclaimer")).to_be_visible()
+
+        # an example fills the question and options
+        page.get_by_text(labels[0]).first.click()
+        expect(page.locator("#question textarea")).to_have_value(rows[0][0])
+        expect(page.locator("#option-a textarea, #option-a input").first).to_have_value(rows[0][2])
+
+        page.get_by_role("button", name="Answer", exact=True).click()
+        card = page.locator("#answer-card .mq-card")
+        expect(card).to_have_attribute("data-state", "done")
+        expect(page.locator("#answer-card .mq-letter")).to_have_text("A")
+        expect(page.locator("#answer-card .mq-answer")).to_have_text(rows[0][2])
+        expect(page.locator("#answer-card .mq-row")).to_have_count(4)
+        widths = page.locator("#answer-card .mq-fill").evaluate_all("els => els.map(e => e.getBoundingClientRect().width)")
+        assert len(widths) == 4 and widths[0] > widths[1] > 0
+        expect(page.locator("#answer-card .mq-badge")).to_contain_text("confidence")
+        expect(page.locator("#explanation textarea")).to_have_value(EXPLANATION)
+        ARTIFACTS.mkdir(exist_ok=True)
+        page.screenshot(path=str(ARTIFACTS / "demo.png"), full_page=True)
+
+        # fewer options: the hidden boxes go away
+        page.locator("#n-options").get_by_text("2", exact=True).click()
+        expect(page.locator("#option-c")).to_be_hidden()
+        expect(page.locator("#option-b")).to_be_visible()
+
+        # user text is shown, never executed
+        evil = '<img id="pwned" src="x" onerror="window.__pwned = 1">'
+        page.locator("#option-a textarea, #option-a input").first.fill(evil)
+        page.get_by_role("button", name="Answer", exact=True).click()
+        expect(page.locator("#answer-card .mq-answer")).to_have_text(evil)
+        expect(page.locator("#answer-card .mq-row")).to_have_count(2)
+        expect(card).to_have_attribute("data-state", "done")
+        assert page.locator("#pwned").count() == 0
+        assert page.evaluate("window.__pwned") is None
+
+        # a clear message for bad input
+        page.locator("#question textarea").fill("")
+        page.get_by_role("button", name="Answer", exact=True).click()
+        expect(page.get_by_text("Question is empty.")).to_be_visible()
     assert (ARTIFACTS / "demo.png").stat().st_size > 10_000
 
 

@@ -315,33 +315,21 @@ def _space_in_chromium(url: str, question: str, options: list[str], api_result: 
     """The page, in a real Chromium: the disclaimer, then a question answered with a visible confidence."""
     import re
 
-    from test_serve import _chromium
+    from test_serve import chromium_page
 
-    sync_api = pytest.importorskip("playwright.sync_api", reason="pip install playwright")
-    exe = _chromium()
-    if exe is None:
-        pytest.skip("Debian chromium not installed (apt-get install -y chromium)")
-    expect = sync_api.expect
-    with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, headless=True,
-                                    args=["--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1280, "height": 1100})
-            page.set_default_timeout(120_000)
-            page.goto(url, wait_until="domcontentloaded")
-            expect(page.locator("#mq-disclaimer")).to_be_visible()
-            expect(page.locator("#mq-disclaimer")).to_contain_text("not medical advice")
-            page.locator("#question textarea").fill(question)
-            for letter, text in zip("abcd", options):
-                page.locator(f"#option-{letter} textarea, #option-{letter} input").first.fill(text)
-            page.get_by_role("button", name="Answer", exact=True).click()
-            expect(page.locator("#answer-card .mq-card")).to_have_attribute("data-state", "done")
-            expect(page.locator("#answer-card .mq-letter")).to_have_text(api_result["letter"])
-            badge = page.locator("#answer-card .mq-badge")
-            expect(badge).to_be_visible()
-            expect(badge).to_have_text(re.compile(r"^(Low|Moderate|High) confidence: \d{1,3}%$"))
-            assert badge.inner_text().endswith(f": {api_result['confidence']:.0%}")
-            expect(page.locator("#answer-card .mq-disclaimer")).to_be_visible()
-            expect(page.locator("#answer-card .mq-disclaimer")).to_have_text(api_result["disclaimer"])
-        finally:
-            browser.close()
+    with chromium_page(timeout_ms=120_000) as (page, expect):
+        page.goto(url, wait_until="domcontentloaded")
+        expect(page.locator("#mq-disclaimer")).to_be_visible()
+        expect(page.locator("#mq-disclaimer")).to_contain_text("not medical advice")
+        page.locator("#question textarea").fill(question)
+        for letter, text in zip("abcd", options):
+            page.locator(f"#option-{letter} textarea, #option-{letter} input").first.fill(text)
+        page.get_by_role("button", name="Answer", exact=True).click()
+        expect(page.locator("#answer-card .mq-card")).to_have_attribute("data-state", "done")
+        expect(page.locator("#answer-card .mq-letter")).to_have_text(api_result["letter"])
+        badge = page.locator("#answer-card .mq-badge")
+        expect(badge).to_be_visible()
+        expect(badge).to_have_text(re.compile(r"^(Low|Moderate|High) confidence: \d{1,3}%$"))
+        assert badge.inner_text().endswith(f": {api_result['confidence']:.0%}")
+        expect(page.locator("#answer-card .mq-disclaimer")).to_be_visible()
+        expect(page.locator("#answer-card .mq-disclaimer")).to_have_text(api_result["disclaimer"])

@@ -1,10 +1,11 @@
-"""Report figures (matplotlib, Agg backend, written atomically): reliability diagram, letter bias."""
+"""Report figures (matplotlib, Agg backend, written atomically): reliability diagram, letter bias, training curves."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -98,8 +99,29 @@ def training_curves(rows: Sequence[dict], path: str | Path) -> Path:
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("training loss (target tokens)")
     ax.set_title("loss")
+    _held_out_panel(fig, [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r])
+    return _save(fig, path)
+
+
+def grpo_curves(curve: Sequence[dict], held_out: Sequence[tuple[int, float]], path: str | Path) -> Path:
+    """GRPO: each reward's mean (correct, format, length, the weighted total) and held-out accuracy against steps."""
+    fig = _figure(8.0, 3.5)
+    ax = fig.add_subplot(1, 2, 1)
+    for key in ("correct", "format", "length", "reward"):
+        pts = [(c["step"], c[key]) for c in curve if key in c]
+        if pts:
+            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("mean reward")
+    ax.set_title("GRPO rewards")
+    ax.legend(fontsize=8)
+    _held_out_panel(fig, held_out)
+    return _save(fig, path)
+
+
+def _held_out_panel(fig: Any, acc: Sequence[tuple[int, float]]) -> None:
+    """The right-hand panel of the training figures: held-out accuracy (letter scoring) during training."""
     ax2 = fig.add_subplot(1, 2, 2)
-    acc = [(r["step"], r["eval_accuracy"]) for r in rows if "eval_accuracy" in r]
     if acc:
         ax2.plot(*zip(*acc), marker="o", color="tab:green")
         ax2.set_ylim(0, 1)
@@ -109,4 +131,3 @@ def training_curves(rows: Sequence[dict], path: str | Path) -> Path:
     ax2.set_xlabel("optimizer step")
     ax2.set_ylabel("held-out accuracy")
     ax2.set_title("held-out accuracy (letter scoring)")
-    return _save(fig, path)

@@ -316,30 +316,11 @@ def reward_curve(metrics: Path) -> list[dict[str, Any]]:
 
 def write_grpo_report(out: Path, summary: dict[str, Any]) -> None:
     """train_curves.png (rewards, held-out accuracy) and train_report.md with the per-step reward table."""
-    from medqa.plots import _figure, _save
+    from medqa.plots import grpo_curves
 
     curve = summary["reward_curve"]
-    fig = _figure(8.0, 3.5)
-    ax = fig.add_subplot(1, 2, 1)
-    for key in ("correct", "format", "length", "reward"):
-        pts = [(c["step"], c[key]) for c in curve if key in c]
-        if pts:
-            ax.plot(*zip(*pts), marker="." if len(pts) < 50 else None, label=key)
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("mean reward")
-    ax.set_title("GRPO rewards")
-    ax.legend(fontsize=8)
-    ax2 = fig.add_subplot(1, 2, 2)
-    acc = [(h["step"], h["eval_accuracy"]) for h in (summary["best"] or {}).get("history", [])]
-    if acc:
-        ax2.plot(*zip(*acc), marker="o", color="tab:green")
-        ax2.set_ylim(0, 1)
-    else:
-        ax2.text(0.5, 0.5, "no held-out evaluation\n(train.eval_size 0)", ha="center", va="center",
-                 transform=ax2.transAxes)
-    ax2.set_xlabel("optimizer step")
-    ax2.set_title("held-out accuracy (letter scoring)")
-    _save(fig, out / "train_curves.png")
+    grpo_curves(curve, [(h["step"], h["eval_accuracy"]) for h in (summary["best"] or {}).get("history", [])],
+                out / "train_curves.png")
     gen, bal = summary["generation"], summary["letter_balance"]
     lines = [
         f"# GRPO training report — {summary['model']}", "",
