@@ -138,7 +138,7 @@ def test_rewards_are_logged_every_few_steps_and_at_the_end(llama_dir, tmp_path, 
 def test_completions_keep_their_reasoning_tags_when_the_tokenizer_calls_them_special(qwen_tokenizer):
     """TRL decodes completions without special tokens; where <think> is one (as in this tokenizer), an unclosed
     block would lose its tag and its last line would read as an answer. MedQA decodes keeping the tags."""
-    from medqa.training.grpo import completion_text
+    from medqa.training.grpo import decode_completion as completion_text
 
     tok = qwen_tokenizer
     assert tok.added_tokens_decoder[tok.convert_tokens_to_ids("<think>")].special
@@ -150,7 +150,7 @@ def test_completions_keep_their_reasoning_tags_when_the_tokenizer_calls_them_spe
 
 
 def test_the_trainer_hands_the_rewards_completions_with_their_tags(qwen_tokenizer, monkeypatch):
-    """MedQAGRPOTrainer replaces TRL's decoded completions (tags stripped) by `completion_text`'s."""
+    """MedQAGRPOTrainer replaces TRL's decoded completions (tags stripped) by `decode_completion`'s."""
     from collections import defaultdict
     from types import SimpleNamespace
 

@@ -17,6 +17,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from medqa.datasets.readers import iter_raw_rows
 from medqa.errors import DataError
 from medqa.report import with_ci
 
@@ -40,13 +41,7 @@ def _predictions(run: str | Path, column: str = "correct") -> dict[tuple[str, st
     if not path.is_file():
         raise DataError(str(path), None, None, "no predictions.jsonl (pass a `medqa eval` output directory)")
     out: dict[tuple[str, str], dict[str, Any]] = {}
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise DataError(str(path), lineno, None, f"not valid JSON: {e.msg}") from None
+    for lineno, row in iter_raw_rows(str(path)):  # the datasets' JSON-lines reader: errors name file and line
         for key in ("id", column):
             if key not in row:
                 hint = (" (evaluate with --eval.generate true --eval.thinking true to compare thinking-mode answers)"

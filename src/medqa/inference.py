@@ -31,7 +31,7 @@ from medqa.config import THINKING_MAX_NEW_TOKENS
 from medqa.datasets import LETTERS, MCQRecord
 from medqa.errors import ConfigError
 from medqa.errors import DataError
-from medqa.reasoning import THINK_CLOSE, THINK_OPEN, parse_final_answer, reasoning_prompt, supports_thinking
+from medqa.reasoning import REASONING_TAGS, parse_final_answer, reasoning_prompt, supports_thinking
 from medqa.inference_stream import (
     DEFAULT_THRESHOLD,
     DISCLAIMER,
@@ -210,14 +210,10 @@ def generate_answers(model: Any, fmt: Any, records: list[MCQRecord], batch_size:
     return generate_ids(model, fmt, [fmt.encode_prompt(r) for r in records], batch_size, max_new_tokens, progress)
 
 
-class _NoTemplate:
-    chat_template = None
-
-
 def reasoning_ids(fmt: Any, rec: MCQRecord) -> list[int]:
     """The thinking-mode prompt (`medqa.reasoning.reasoning_prompt`, thinking on): through the chat template when
     the format uses one (Qwen3: its thinking mode), else the plain prompt ending at "Reasoning:" (lm-eval)."""
-    return fmt.encode(reasoning_prompt(fmt.tokenizer if fmt.uses_template else _NoTemplate(), rec, thinking=True))
+    return fmt.encode(reasoning_prompt(fmt.tokenizer, rec, thinking=True, use_template=fmt.uses_template))
 
 
 def generate_reasoning(model: Any, fmt: Any, records: list[MCQRecord], batch_size: int = 8,
@@ -225,7 +221,7 @@ def generate_reasoning(model: Any, fmt: Any, records: list[MCQRecord], batch_siz
     """Thinking mode for each record (greedy, batched, the one stop rule): the reasoning and the final answer line,
     <think> / </think> kept in the text for `medqa.reasoning.parse_final_answer`."""
     return generate_completions(model, fmt, [reasoning_ids(fmt, r) for r in records], batch_size, max_new_tokens,
-                                progress, keep=(THINK_OPEN, THINK_CLOSE))
+                                progress, keep=REASONING_TAGS)
 
 
 def check_settings(threshold: float | None, max_new_tokens: int, flag: str = "") -> None:
@@ -401,7 +397,7 @@ class Answerer:
             max_new_tokens = max(1, min(max_new_tokens, limit - len(ids)))
         stats = StreamStats()
         for text in stream_generate(self.model, self.tokenizer, ids, stop_rule(self.fmt), max_new_tokens, stats,
-                                    keep=(THINK_OPEN, THINK_CLOSE)):
+                                    keep=REASONING_TAGS):
             pred.explanation = text
             if stats.first_token_at is not None:
                 pred.seconds_to_first_token = round(stats.first_token_at - t0, 4)

@@ -23,12 +23,18 @@ from typing import Any
 
 from medqa.datasets import get_family, lm_eval_task_name
 from medqa.io import atomic_write_json
+from medqa.modeling import resolve_base
 from medqa.versions import __version__, library_versions
 
 # lm-eval 0.4's task versions (metadata.version in its YAML; medmcqa and medqa_4options declare none)
-LM_EVAL_VERSIONS = {"pubmedqa": 1.0}
+LM_EVAL_VERSIONS = {"pubmedqa": 1.0, "mmlu": 1.0}
 LM_EVAL_DATASETS = {"medmcqa": "openlifescienceai/medmcqa", "medqa_4options": "GBaker/MedQA-USMLE-4-options-hf",
                     "pubmedqa": "bigbio/pubmed_qa", "mmlu": "cais/mmlu"}
+
+
+def _base_task(task: str) -> str:
+    """`mmlu_<subject>` belongs to lm-eval's mmlu (its dataset, its version); other tasks are their own."""
+    return "mmlu" if task.startswith("mmlu_") else task
 
 
 def acc_stderr(accuracy: float, n: int) -> float:
@@ -74,11 +80,10 @@ def lm_eval_results(evaluated: dict[str, tuple[Any, dict[str, Any]]], cfg: Any) 
         for task, t in task_results(set_name, data, summary).items():
             if task in results:  # two sets of one task (e.g. two MedMCQA files): told apart by set name
                 task = f"{task}_{set_name}"
-            results[task] = _entry(task, t["acc"], t["n"], "lm-eval" if protocol == "lm-eval" else protocol)
+            results[task] = _entry(task, t["acc"], t["n"], protocol)
             groups[task] = t["subtasks"] or []
             n_samples[task] = {"original": t["n"], "effective": t["n"]}
-            base_task = "mmlu" if task.startswith("mmlu_") else task
-            configs[task] = {"task": task, "dataset_path": data.path or LM_EVAL_DATASETS.get(base_task),
+            configs[task] = {"task": task, "dataset_path": data.path or LM_EVAL_DATASETS.get(_base_task(task)),
                              "output_type": "multiple_choice", "num_fewshot": shots,
                              "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
                              "metadata": {"medqa_set": set_name, "medqa_protocol": protocol,
@@ -90,15 +95,12 @@ def lm_eval_results(evaluated: dict[str, tuple[Any, dict[str, Any]]], cfg: Any) 
     subtasks = {s for subs in groups.values() for s in subs}
     group_subtasks = {t: groups[t] for t in results if t not in subtasks}
     adapter = cfg.model.adapter
-    from medqa.modeling import resolve_base
-
     versions = library_versions()
     return {
         "results": results,
         "group_subtasks": group_subtasks,
         "configs": configs,
-        "versions": {t: LM_EVAL_VERSIONS.get("mmlu" if t.startswith("mmlu_") else t, 1.0 if t.startswith("mmlu_")
-                                             else None) for t in results},
+        "versions": {t: LM_EVAL_VERSIONS.get(_base_task(t)) for t in results},
         "n-shot": {t: configs[t]["num_fewshot"] for t in results},
         "higher_is_better": {t: {"acc": True} for t in results},
         "n-samples": n_samples,

@@ -29,6 +29,7 @@ REASONING_SYSTEM_PROMPT = (
     "the correct option."
 )
 THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
+REASONING_TAGS = (THINK_OPEN, THINK_CLOSE)  # kept when a completion is decoded, even where they are special tokens
 
 _FINAL_RE = re.compile(  # the answer word in any case; the letter upper-case ("Answer: a 45-year-old ..." is no letter)
     r"^[\s*_#>-]*(?i:(?:the\s+)?(?:final\s+)?answer(?:\s+is)?)\s*[:：]?\s*[*_]*\s*\(?([A-Z])\)?(?=[\s.):*_,;]|$)(.*)$"
@@ -46,13 +47,16 @@ def supports_thinking(tokenizer: Any) -> bool:
     return isinstance(template, str) and "enable_thinking" in template
 
 
-def reasoning_prompt(tokenizer: Any, rec: MCQRecord, thinking: bool = True) -> str:
+def reasoning_prompt(tokenizer: Any, rec: MCQRecord, thinking: bool = True, use_template: bool | None = None) -> str:
     """The text a model continues with its reasoning and final answer line.
 
     Chat models: system + user message through the tokenizer's template, with Qwen3's thinking mode on
-    when `thinking` (off otherwise: the model reasons in plain text). Models without a template: the
-    plain benchmark prompt (options listed) with the instruction, ending at "Reasoning:"."""
-    if getattr(tokenizer, "chat_template", None):
+    when `thinking` (off otherwise: the model reasons in plain text). Models without a template (or
+    `use_template` False, e.g. the lm-eval protocol): the plain benchmark prompt (options listed) with the
+    instruction, ending at "Reasoning:"."""
+    if use_template is None:
+        use_template = bool(getattr(tokenizer, "chat_template", None))
+    if use_template:
         kwargs = {"enable_thinking": thinking} if supports_thinking(tokenizer) else {}
         return tokenizer.apply_chat_template(reasoning_messages(rec), tokenize=False, add_generation_prompt=True,
                                              **kwargs)

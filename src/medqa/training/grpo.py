@@ -36,7 +36,8 @@ from medqa.format import PromptFormat
 from medqa.hardware import Hardware, detect, launch_position
 from medqa.io import atomic_write_json, atomic_write_text
 from medqa.modeling import resolve_base, resolve_protocol
-from medqa.reasoning import THINK_CLOSE, THINK_OPEN, parse_final_answer, reasoning_prompt, supports_thinking
+from medqa.inference_stream import decode_generated, skipped_ids
+from medqa.reasoning import REASONING_TAGS, parse_final_answer, reasoning_prompt, supports_thinking
 from medqa.rewards import reward_functions
 from medqa.training.checkpoints import resume_point, run_identity, save_adapter
 from medqa.training.held_out import HeldOutEval
@@ -144,13 +145,11 @@ def grpo_memory(model: Any, cfg: RunConfig, longest_prompt: int, dtype: str, hw:
     return mem
 
 
-def completion_text(tokenizer: Any, ids: list[int]) -> str:
+def decode_completion(tokenizer: Any, ids: list[int], skip: set[int] | None = None) -> str:
     """A completion decoded without special tokens, except the reasoning tags (a tokenizer that declares
-    <think> special would otherwise lose them, and an unclosed block would read as closed)."""
-    keep = {tokenizer.convert_tokens_to_ids(t) for t in (THINK_OPEN, THINK_CLOSE)} - {tokenizer.unk_token_id, None}
-    added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
-    special = ({i for i, t in added.items() if getattr(t, "special", False)} | set(tokenizer.all_special_ids)) - keep
-    return tokenizer.decode([i for i in ids if i not in special], skip_special_tokens=False)
+    <think> special would otherwise lose them, and an unclosed block would read as closed): the decoding
+    thinking-mode evaluation uses (`inference_stream.skipped_ids` / `decode_generated`)."""
+    return decode_generated(tokenizer, ids, skipped_ids(tokenizer, REASONING_TAGS) if skip is None else skip)
 
 
 class MedQAGRPOTrainer(MedQATrainer, GRPOTrainer):
@@ -168,7 +167,8 @@ class MedQAGRPOTrainer(MedQATrainer, GRPOTrainer):
     def _generate(self, prompts: list):
         t = time.perf_counter()
         out = list(super()._generate(prompts))
-        out[3] = [completion_text(self._tokenizer, ids) for ids in out[1]]  # out[1]: completion ids
+        skip = skipped_ids(self._tokenizer, REASONING_TAGS)
+        out[3] = [decode_completion(self._tokenizer, ids, skip) for ids in out[1]]  # out[1]: completion ids
         self._metrics["train" if self.model.training else "eval"]["generate_seconds"].append(time.perf_counter() - t)
         return tuple(out)
 
